@@ -1,0 +1,35 @@
+# Two commands for a fresh machine: `make run` serves the dashboard, `make test` runs every test.
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DATA_DIR ?= ./moco-data
+
+.PHONY: run test setup setup-browser build bench lint fmt doctor
+
+run: setup
+	cargo build --release
+	./target/release/moco-server serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
+
+test: setup setup-browser
+	cargo test --no-fail-fast
+
+setup:
+	@scripts/setup.sh
+
+setup-browser:
+	@scripts/setup-browser.sh
+
+build: setup
+	cargo build --release
+
+doctor: build
+	./target/release/moco-server doctor
+
+bench: setup
+	cargo bench --bench step --bench augment
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt

@@ -1,0 +1,271 @@
+"""MoCo in plain PyTorch, written the way the official code does it, as the reference for
+moco-server's engine.
+
+Two uses:
+  check  A.safetensors B.safetensors C.safetensors
+         Start from the state in A (a moco-server full checkpoint), take the step's inputs from B
+         (x1, x2, the shuffle permutation, lr, m, T, wd...), run one MoCo step and compare the
+         result with C (moco-server's state after the same step). Prints a JSON report; exits 1 on
+         a mismatch.
+  bench  --width W --batch B [--steps N] [--stem cifar] [--threads T]
+         Times the same training step (forward q, momentum update, shuffled key forward, InfoNCE,
+         backward, SGD, enqueue) on random 32x32 inputs and prints {"ms_per_step": ...}.
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """The official CIFAR demo's split BN: statistics per sub-batch in training."""
+
+    def __init__(self, num_features, num_splits):
+        super().__init__(num_features)
+        self.num_splits = num_splits
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        if self.training or not self.track_running_stats:
+            running_mean_split = self.running_mean.repeat(self.num_splits)
+            running_var_split = self.running_var.repeat(self.num_splits)
+            out = F.batch_norm(
+                x.view(-1, c * self.num_splits, h, w), running_mean_split, running_var_split,
+                self.weight.repeat(self.num_splits), self.bias.repeat(self.num_splits),
+                True, self.momentum, self.eps).view(n, c, h, w)
+            self.running_mean.data.copy_(running_mean_split.view(self.num_splits, c).mean(dim=0))
+            self.running_var.data.copy_(running_var_split.view(self.num_splits, c).mean(dim=0))
+            return out
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            False, self.momentum, self.eps)
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, inplanes, planes, stride, norm):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = norm(planes)
+        self.downsample = None
+        if stride != 1 or inplanes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
+                                            norm(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class ResNet18(nn.Module):
+    """torchvision's resnet18 layout with a base width and the CIFAR or ImageNet stem."""
+
+    def __init__(self, width, stem, num_splits, head, hidden, dim):
+        super().__init__()
+        norm = (lambda c: SplitBatchNorm(c, num_splits)) if num_splits > 1 else nn.BatchNorm2d
+        if stem == "cifar":
+            self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+            self.maxpool = nn.Identity()
+        else:
+            self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+            self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.bn1 = norm(width)
+        inplanes = width
+        for i in range(4):
+            planes = width << i
+            stride = 1 if i == 0 else 2
+            blocks = [BasicBlock(inplanes, planes, stride, norm), BasicBlock(planes, planes, 1, norm)]
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+            inplanes = planes
+        if head == "mlp":
+            self.fc = nn.Sequential(nn.Linear(inplanes, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        else:
+            self.fc = nn.Linear(inplanes, dim)
+
+    def forward(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class MoCo(nn.Module):
+    """The official MoCo step order on one device (shuffle BN emulated by split BN)."""
+
+    def __init__(self, make_encoder, dim, K, m, T, symmetric):
+        super().__init__()
+        self.K, self.m, self.T, self.symmetric = K, m, T, symmetric
+        self.encoder_q = make_encoder()
+        self.encoder_k = make_encoder()
+        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            param_k.data.copy_(param_q.data)
+            param_k.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(K, dim), dim=1))
+        self.queue_ptr = 0
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self):
+        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            param_k.data = param_k.data * self.m + param_q.data * (1.0 - self.m)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys):
+        n = keys.shape[0]
+        self.queue[self.queue_ptr:self.queue_ptr + n] = keys
+        self.queue_ptr = (self.queue_ptr + n) % self.K
+
+    @torch.no_grad()
+    def _keys(self, x, perm):
+        idx_unshuffle = torch.argsort(perm)
+        k = F.normalize(self.encoder_k(x[perm]), dim=1)
+        return k[idx_unshuffle]
+
+    def _loss(self, q, k):
+        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)
+        l_neg = torch.einsum("nc,kc->nk", q, self.queue.clone().detach())
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        labels = torch.zeros(logits.shape[0], dtype=torch.long)
+        return F.cross_entropy(logits, labels)
+
+    def forward(self, x1, x2, perms):
+        q1 = F.normalize(self.encoder_q(x1), dim=1)
+        q2 = F.normalize(self.encoder_q(x2), dim=1) if self.symmetric else None
+        self._momentum_update_key_encoder()
+        k2 = self._keys(x2, perms[0])
+        loss = self._loss(q1, k2)
+        keys = k2
+        if self.symmetric:
+            k1 = self._keys(x1, perms[1])
+            loss = loss + self._loss(q2, k1)
+            keys = torch.cat([k1, k2], dim=0)
+        return loss, keys
+
+
+def sgd(model, lr, momentum, wd, exclude_bn_bias):
+    decay, no_decay = [], []
+    for name, p in model.encoder_q.named_parameters():
+        (no_decay if exclude_bn_bias and (p.ndim == 1) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": wd}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    body = raw[8 + n:]
+    dtypes = {"F32": torch.float32, "I64": torch.int64}
+    meta = header.pop("__metadata__", {})
+    tensors = {}
+    for name, info in header.items():
+        a, b = info["data_offsets"]
+        tensors[name] = torch.frombuffer(bytearray(body[a:b]), dtype=dtypes[info["dtype"]]).reshape(
+            info["shape"]).clone()
+    return tensors, meta
+
+
+def check(a_path, b_path, c_path):
+    start, meta = read_safetensors(a_path)
+    cfg = json.loads(meta["state"])["config"]
+    inputs, step_meta = read_safetensors(b_path)
+    after, _ = read_safetensors(c_path)
+    lr, m = float(step_meta["lr"]), float(step_meta["m"])
+
+    def make():
+        return ResNet18(cfg["width"], cfg["stem"], cfg["shuffle_bn_splits"], cfg["head"],
+                        cfg["head_hidden"] or cfg["width"] * 8, cfg["dim"])
+
+    model = MoCo(make, cfg["dim"], cfg["queue_size"], m, cfg["temperature"], cfg["symmetric"])
+    for prefix, enc in (("encoder_q.", model.encoder_q), ("encoder_k.", model.encoder_k)):
+        state = {k[len(prefix):]: v for k, v in start.items() if k.startswith(prefix)}
+        missing = enc.load_state_dict(state, strict=False)
+        assert not missing.unexpected_keys, missing.unexpected_keys
+        assert all(k.endswith("num_batches_tracked") for k in missing.missing_keys), missing
+    model.queue.copy_(start["queue.keys"])
+    model.queue_ptr = json.loads(meta["state"])["queue_ptr"]
+    opt = sgd(model, lr, cfg["sgd_momentum"], cfg["weight_decay"], cfg["wd_exclude_bn_bias"])
+    model.train()
+    perms = [inputs["perm1"]] + ([inputs["perm2"]] if "perm2" in inputs else [])
+    loss, keys = model(inputs["x1"], inputs["x2"], perms)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    model._dequeue_and_enqueue(keys)
+
+    report = {"loss_reference": loss.item(), "loss_engine": float(step_meta["loss"])}
+    worst = {}
+    for prefix, enc in (("encoder_q.", model.encoder_q), ("encoder_k.", model.encoder_k)):
+        for name, t in enc.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            diff = (t - after[prefix + name]).abs().max().item()
+            worst[prefix + name] = diff
+    worst["queue.keys"] = (model.queue - after["queue.keys"]).abs().max().item()
+    name, diff = max(worst.items(), key=lambda kv: kv[1])
+    report.update({"max_diff": diff, "max_diff_tensor": name, "tensors_compared": len(worst)})
+    ok = diff < 1e-4 and abs(report["loss_reference"] - report["loss_engine"]) < 1e-4
+    report["ok"] = ok
+    print(json.dumps(report))
+    return 0 if ok else 1
+
+
+def bench(width, batch, steps, stem, threads, splits, queue_size):
+    torch.manual_seed(0)
+    if threads:
+        torch.set_num_threads(threads)
+    make = lambda: ResNet18(width, stem, splits, "linear", 0, 128)
+    model = MoCo(make, 128, queue_size, 0.99, 0.1, False)
+    model.train()
+    opt = sgd(model, 0.06, 0.9, 5e-4, False)
+    x1 = torch.randn(batch, 3, 32, 32)
+    x2 = torch.randn(batch, 3, 32, 32)
+
+    def step():
+        loss, keys = model(x1, x2, [torch.randperm(batch)])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model._dequeue_and_enqueue(keys)
+
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    ms = (time.perf_counter() - t0) * 1000.0 / steps
+    print(json.dumps({"ms_per_step": ms, "threads": torch.get_num_threads()}))
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check")
+    c.add_argument("start")
+    c.add_argument("inputs")
+    c.add_argument("after")
+    b = sub.add_parser("bench")
+    b.add_argument("--width", type=int, default=64)
+    b.add_argument("--batch", type=int, default=256)
+    b.add_argument("--steps", type=int, default=5)
+    b.add_argument("--stem", default="cifar")
+    b.add_argument("--threads", type=int, default=0)
+    b.add_argument("--splits", type=int, default=8)
+    b.add_argument("--queue-size", type=int, default=4096)
+    args = parser.parse_args()
+    if args.cmd == "check":
+        return check(args.start, args.inputs, args.after)
+    return bench(args.width, args.batch, args.steps, args.stem, args.threads, args.splits,
+                 args.queue_size)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

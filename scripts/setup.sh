@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs what moco-server needs to build and run, once: a Python virtual environment in .venv
+# holding torch==2.11.0 (its libtorch is what tch 0.24 links against) and torchvision (used by the
+# benchmarks and the export checks). A second run finds the ready marker and installs nothing.
+# A failed install removes the half-made environment, so no later run trusts it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+TORCHVISION_VERSION=0.26.0
+VENV=.venv
+READY="$VENV/.moco-ready"
+WANT="torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
+
+fail() {
+    echo "setup: $*" >&2
+    exit 1
+}
+
+command -v cargo >/dev/null 2>&1 ||
+    fail "cargo was not found. Install Rust with rustup (https://rustup.rs), then run this again."
+
+if [ -f "$READY" ] && [ "$(cat "$READY")" = "$WANT" ] && [ -x "$VENV/bin/python" ] &&
+    [ -f "$VENV/libtorch/lib/libtorch.so" ]; then
+    exit 0
+fi
+
+PYTHON=${PYTHON:-python3}
+command -v "$PYTHON" >/dev/null 2>&1 ||
+    fail "python3 was not found. Install Python 3.10 or newer (Debian/Ubuntu: apt-get install python3 python3-venv), then run this again."
+"$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' ||
+    fail "$("$PYTHON" --version 2>&1) is too old: torch $TORCH_VERSION needs Python 3.10 or newer."
+"$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1 ||
+    fail "the Python venv module is missing. Debian/Ubuntu: apt-get install python3-venv; then run this again."
+
+echo "setup: creating $VENV with $WANT (a one-time download of about 4.6 GB)"
+rm -rf "$VENV"
+cleanup() {
+    echo "setup: the install did not finish; removed $VENV so the next run starts clean." >&2
+    rm -rf "$VENV"
+}
+trap cleanup ERR
+"$PYTHON" -m venv "$VENV"
+if ! "$VENV/bin/pip" install --disable-pip-version-check --progress-bar on $WANT; then
+    trap - ERR
+    cleanup
+    fail "pip could not install $WANT. Check that this machine reaches the Python package index (pip config list shows a mirror, if any), then run this again."
+fi
+"$VENV/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" ||
+    { trap - ERR; cleanup; fail "the installed torch is not $TORCH_VERSION."; }
+# torch-sys reads LIBTORCH=.venv/libtorch (.cargo/config.toml): a stable path whatever the
+# Python version in the site-packages path.
+ln -sfn "$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')" "$VENV/libtorch"
+trap - ERR
+echo "$WANT" >"$READY"
+echo "setup: $VENV is ready"

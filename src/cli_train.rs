@@ -1,0 +1,312 @@
+//! `moco-server train` and `moco-server export`: the engine headless, with a progress bar or
+//! JSON lines, Ctrl-C saving a checkpoint.
+use crate::config::{describe_errors, DeviceChoice, Preset, RunConfig};
+use crate::train::events::{LogLevel, Observer, RunOutcome, TrainEvent};
+use crate::train::stop::StopFlag;
+use crate::train::{run_training, TrainRequest};
+use anyhow::{anyhow, bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Starting point: v1, v2 or cifar.
+    #[arg(long, default_value = "cifar", value_parser = ["v1", "v2", "cifar"])]
+    pub preset: String,
+    /// A TOML file with settings (any subset of the run config; `moco-server train --print-config`
+    /// shows every field).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset: "synthetic", a path (kind detected), or kind:path with kind one of cifar10,
+    /// cifar100, stl10, image_folder.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Where checkpoints and the encoder go (default ./runs/<name or preset-timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue from a full checkpoint.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// One JSON object per event on stdout instead of a progress bar.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the effective config as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Settings as field=value (dotted for the dataset: dataset.synthetic_train=2000).
+    #[arg(value_name = "FIELD=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// A full checkpoint (*.ckpt.safetensors).
+    pub checkpoint: PathBuf,
+    /// The encoder file to write (safetensors with torchvision's keys).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// The config a `train` invocation asks for: preset, then the TOML file, then --data, then
+/// field=value overrides. Every error names its field.
+pub fn build_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
+    let preset = Preset::parse(&args.preset).ok_or_else(|| anyhow!("preset: unknown"))?;
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the config file {}", path.display()))?;
+            let doc: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("{} is not valid TOML", path.display()))?;
+            let doc = serde_json::to_value(doc)?;
+            RunConfig::from_partial_json(&doc, preset)
+                .map_err(|errors| anyhow!("{}:\n{}", path.display(), describe_errors(&errors)))?
+        }
+        None => RunConfig::preset(preset),
+    };
+    if let Some(spec) = &args.data {
+        let dataset = crate::data::parse_dataset_spec(spec).context("--data")?;
+        cfg.dataset = dataset;
+    }
+    let mut overrides: Vec<(String, Value)> = Vec::new();
+    for raw in &args.overrides {
+        overrides.push(
+            RunConfig::parse_override(raw).map_err(|e| anyhow!("{}", describe_errors(&[e])))?,
+        );
+    }
+    cfg = cfg
+        .with_overrides(overrides.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .map_err(|errors| anyhow!("{}", describe_errors(&errors)))?;
+    cfg.validate()
+        .map_err(|errors| anyhow!("{}", describe_errors(&errors)))?;
+    Ok(cfg)
+}
+
+pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let cfg = build_config(&args)?;
+    if args.print_config {
+        print!("{}", cfg.to_toml());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let device = crate::config::parse_device(&cfg.device)
+        .unwrap_or(DeviceChoice::Auto)
+        .resolve()
+        .map_err(|e| anyhow!("device: {e}"))?;
+    let run_dir = match &args.out {
+        Some(dir) => dir.clone(),
+        None => {
+            let stamp = time::OffsetDateTime::now_utc()
+                .format(time::macros::format_description!(
+                    "[year][month][day]-[hour][minute][second]"
+                ))
+                .unwrap_or_default();
+            let name = if cfg.name.trim().is_empty() {
+                format!("{}-{stamp}", cfg.preset.name())
+            } else {
+                sanitize_file_name(&cfg.name)
+            };
+            PathBuf::from("runs").join(name)
+        }
+    };
+    let stop = StopFlag::new();
+    let handler_stop = stop.clone();
+    ctrlc::set_handler(move || {
+        if handler_stop.is_set() {
+            eprintln!("\nstopping now");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to quit at once)"
+        );
+        handler_stop.interrupt();
+    })
+    .context("cannot install the Ctrl-C handler")?;
+
+    let request = TrainRequest {
+        config: cfg.clone(),
+        data_dir: std::env::current_dir()?,
+        run_dir: run_dir.clone(),
+        device,
+        stop,
+        resume_from: args.resume.clone(),
+    };
+    let json = args.json;
+    // tch tensors are not Sync: the engine runs on its own thread, joined before we return.
+    let worker = std::thread::spawn(move || {
+        let mut observer: Box<dyn Observer> = if json {
+            Box::new(JsonLines)
+        } else {
+            Box::new(ProgressObserver::new())
+        };
+        let outcome = run_training(&request, observer.as_mut());
+        drop(observer);
+        outcome
+    });
+    let outcome = worker
+        .join()
+        .map_err(|_| anyhow!("the training thread panicked"))??;
+    if json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    }
+    match outcome {
+        RunOutcome::Completed {
+            step,
+            final_knn_top1,
+        } => {
+            if !json {
+                let knn = final_knn_top1
+                    .map(|k| format!(", kNN top-1 {k:.2}%"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "completed {step} steps{knn}; checkpoints in {}",
+                    run_dir.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        RunOutcome::Cancelled { step } | RunOutcome::Interrupted { step } => {
+            if !json {
+                eprintln!(
+                    "stopped at step {step}; resume with: moco-server train --resume {}/<latest .ckpt.safetensors> (same settings)",
+                    run_dir.display()
+                );
+            }
+            Ok(ExitCode::from(130))
+        }
+        RunOutcome::Failed { reason, .. } => {
+            if !json {
+                eprintln!("failed: {reason}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
+        bail!("--out: the encoder file must end in .safetensors");
+    }
+    let info = crate::train::trainer::export_from_checkpoint(&args.checkpoint, &args.out)?;
+    println!(
+        "wrote {} ({} bytes, sha256 {}) from epoch {}, step {}",
+        info.path.display(),
+        info.size_bytes,
+        info.sha256,
+        info.epoch,
+        info.step
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Letters, digits, '-', '_' and '.', so a run name cannot steer the output path.
+fn sanitize_file_name(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    s.trim_start_matches('.').to_string()
+}
+
+struct JsonLines;
+
+impl Observer for JsonLines {
+    fn on_event(&mut self, event: TrainEvent) {
+        if let Ok(line) = serde_json::to_string(&event) {
+            println!("{line}");
+        }
+    }
+}
+
+/// A terminal progress bar over all steps: epoch, step, loss, images/s and ETA.
+struct ProgressObserver {
+    bar: ProgressBar,
+    steps_per_epoch: i64,
+}
+
+impl ProgressObserver {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        ProgressObserver {
+            bar,
+            steps_per_epoch: 1,
+        }
+    }
+}
+
+impl Observer for ProgressObserver {
+    fn on_event(&mut self, event: TrainEvent) {
+        match event {
+            TrainEvent::Started {
+                device,
+                start_step,
+                steps_per_epoch,
+                total_steps,
+                train_images,
+                parameters,
+                ..
+            } => {
+                self.steps_per_epoch = steps_per_epoch.max(1);
+                self.bar.println(format!(
+                    "training on {device}: {train_images} images, {steps_per_epoch} steps per epoch, {parameters} parameters"
+                ));
+                self.bar.set_length(total_steps as u64);
+                self.bar.set_position(start_step as u64);
+                self.bar.reset_eta();
+            }
+            TrainEvent::Metrics(m) => {
+                let v = |n: &str| m.values.get(n).copied().unwrap_or(f64::NAN);
+                self.bar.set_prefix(format!(
+                    "epoch {}",
+                    m.step.saturating_sub(1) / self.steps_per_epoch + 1
+                ));
+                self.bar.set_position(m.step as u64);
+                self.bar.set_message(format!(
+                    "loss {:.4} top1 {:.2} {:.0} img/s",
+                    v("loss"),
+                    v("top1"),
+                    v("images_per_sec")
+                ));
+            }
+            TrainEvent::Evaluation {
+                epoch, knn_top1, ..
+            } => {
+                self.bar
+                    .println(format!("epoch {epoch}: kNN top-1 {knn_top1:.2}%"));
+            }
+            TrainEvent::CheckpointSaved(c) => {
+                self.bar.println(format!(
+                    "saved {} checkpoint {} ({} bytes)",
+                    c.kind.name(),
+                    c.path.display(),
+                    c.size_bytes
+                ));
+            }
+            TrainEvent::Log { level, message } => {
+                let tag = match level {
+                    LogLevel::Info => "info",
+                    LogLevel::Warn => "warning",
+                    LogLevel::Error => "error",
+                };
+                self.bar.println(format!("{tag}: {message}"));
+            }
+        }
+    }
+}
+
+impl Drop for ProgressObserver {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -1,0 +1,727 @@
+//! Batched augmentation on the training device: two independently augmented views per image.
+//!
+//! The recipes follow the official MoCo code (torchvision transforms) with their parameters:
+//!
+//! | recipe | crop scale | colour jitter (b, c, s, h), p | grayscale | blur σ∈[0.1, 2], p | solarize |
+//! | --- | --- | --- | --- | --- | --- |
+//! | v1 | 0.2–1 | 0.4, 0.4, 0.4, 0.4, always (after grayscale) | 0.2 | — | — |
+//! | v2 | 0.2–1 | 0.4, 0.4, 0.4, 0.1, p 0.8 | 0.2 | 0.5 | — |
+//! | cifar (demo) | 0.08–1 | 0.4, 0.4, 0.4, 0.1, p 0.8 | 0.2 | — | — |
+//! | v3 view 1 | 0.08–1 | 0.4, 0.4, 0.2, 0.1, p 0.8 | 0.2 | 1.0 | — |
+//! | v3 view 2 | 0.08–1 | 0.4, 0.4, 0.2, 0.1, p 0.8 | 0.2 | 0.1 | 0.2 |
+//!
+//! Every recipe crops with aspect ratio 3/4–4/3 and flips horizontally with p 0.5.
+//!
+//! How it runs: the random parameters of every sample (crop box, flip, which ops apply, jitter
+//! factors and their order, blur sigma) are drawn on the host from the caller's
+//! [`ChaCha8Rng`] — never from torch's global generator — so a run is reproducible and resumable
+//! from the generator's state. They are uploaded as one small float tensor and one index tensor
+//! per call (from pinned memory, without blocking, on CUDA). Then, per view:
+//!
+//! * crop + flip + resize in one resampling pass from the uint8 batch: a per-sample affine matrix,
+//!   `affine_grid_generator`, sampling points clamped to the crop box, and bilinear
+//!   `grid_sampler` (align_corners = false). This equals torchvision's `RandomResizedCrop`
+//!   (crop, then bilinear resize with `antialias=False`) + `RandomHorizontalFlip` to float
+//!   precision. There is no antialiasing when a crop is downscaled; image folders are stored at
+//!   `load_size` ≈ crop × 8/7, so crops are never strongly downscaled;
+//! * colour ops on the samples they apply to (gathered with `index_select`, written back with
+//!   `index_copy_`). Colour jitter follows torchvision's `ColorJitter` on float images —
+//!   brightness, contrast (blend with the grayscale mean), saturation (blend with grayscale) and
+//!   hue (shift in HSV) — and, as torchvision does per image, applies the four in a random order
+//!   drawn per sample;
+//! * grayscale with torchvision's weights (0.2989, 0.587, 0.114), Gaussian blur with a per-sample
+//!   sigma (kernel ≈ 10% of the image side, odd, reflection padding, a separable grouped
+//!   convolution), solarize (pixels ≥ 128/255 inverted, as PIL's `ImageOps.solarize`);
+//! * normalisation with the dataset's mean and std.
+use crate::config::AugRecipe;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use tch::{Device, Kind, Tensor};
+
+/// torchvision's `ColorJitter(brightness, contrast, saturation, hue)`: factors are drawn from
+/// [max(0, 1 − x), 1 + x] for the first three and the hue shift from [−hue, hue].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Jitter {
+    pub brightness: f64,
+    pub contrast: f64,
+    pub saturation: f64,
+    pub hue: f64,
+}
+
+/// A colour operation applied after the crop, each to a random subset of the batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Op {
+    ColorJitter {
+        jitter: Jitter,
+        p: f64,
+    },
+    Grayscale {
+        p: f64,
+    },
+    /// Gaussian blur with sigma drawn uniformly from `sigma` per sample.
+    GaussianBlur {
+        sigma: (f64, f64),
+        p: f64,
+    },
+    /// Inverts values at or above `threshold` (in [0, 1] units).
+    Solarize {
+        threshold: f64,
+        p: f64,
+    },
+}
+
+/// Everything that defines one view: the random resized crop, the flip, then the colour ops.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewSpec {
+    /// Fraction of the image area the crop covers, drawn uniformly from this range.
+    pub scale: (f64, f64),
+    /// Aspect ratio (w/h) of the crop, drawn log-uniformly from this range.
+    pub ratio: (f64, f64),
+    /// Probability of a horizontal flip.
+    pub flip: f64,
+    pub ops: Vec<Op>,
+}
+
+/// Pixels ≥ 128 are inverted (PIL's `ImageOps.solarize` default), in [0, 1] units.
+pub const SOLARIZE_THRESHOLD: f64 = 128.0 / 255.0;
+const RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
+const BLUR_SIGMA: (f64, f64) = (0.1, 2.0);
+/// torchvision's `rgb_to_grayscale` weights.
+const GRAY: [f64; 3] = [0.2989, 0.587, 0.114];
+
+impl ViewSpec {
+    /// The two views of a recipe (identical specs except for v3's asymmetric blur/solarize).
+    pub fn for_recipe(recipe: AugRecipe) -> [ViewSpec; 2] {
+        let jitter = |b, c, s, h| Jitter {
+            brightness: b,
+            contrast: c,
+            saturation: s,
+            hue: h,
+        };
+        let view = |scale, ops| ViewSpec {
+            scale,
+            ratio: RATIO,
+            flip: 0.5,
+            ops,
+        };
+        match recipe {
+            AugRecipe::V1 => {
+                let v = view(
+                    (0.2, 1.0),
+                    vec![
+                        Op::Grayscale { p: 0.2 },
+                        Op::ColorJitter {
+                            jitter: jitter(0.4, 0.4, 0.4, 0.4),
+                            p: 1.0,
+                        },
+                    ],
+                );
+                [v.clone(), v]
+            }
+            AugRecipe::V2 => {
+                let v = view(
+                    (0.2, 1.0),
+                    vec![
+                        Op::ColorJitter {
+                            jitter: jitter(0.4, 0.4, 0.4, 0.1),
+                            p: 0.8,
+                        },
+                        Op::Grayscale { p: 0.2 },
+                        Op::GaussianBlur {
+                            sigma: BLUR_SIGMA,
+                            p: 0.5,
+                        },
+                    ],
+                );
+                [v.clone(), v]
+            }
+            AugRecipe::Cifar => {
+                let v = view(
+                    (0.08, 1.0),
+                    vec![
+                        Op::ColorJitter {
+                            jitter: jitter(0.4, 0.4, 0.4, 0.1),
+                            p: 0.8,
+                        },
+                        Op::Grayscale { p: 0.2 },
+                    ],
+                );
+                [v.clone(), v]
+            }
+            AugRecipe::V3 => {
+                let common = |blur_p: f64, solarize_p: Option<f64>| {
+                    let mut ops = vec![
+                        Op::ColorJitter {
+                            jitter: jitter(0.4, 0.4, 0.2, 0.1),
+                            p: 0.8,
+                        },
+                        Op::Grayscale { p: 0.2 },
+                        Op::GaussianBlur {
+                            sigma: BLUR_SIGMA,
+                            p: blur_p,
+                        },
+                    ];
+                    if let Some(p) = solarize_p {
+                        ops.push(Op::Solarize {
+                            threshold: SOLARIZE_THRESHOLD,
+                            p,
+                        });
+                    }
+                    view((0.08, 1.0), ops)
+                };
+                [common(1.0, None), common(0.1, Some(0.2))]
+            }
+        }
+    }
+}
+
+/// A crop box in pixels of the source image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CropBox {
+    pub top: usize,
+    pub left: usize,
+    pub height: usize,
+    pub width: usize,
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: up to 10 attempts at a box of random area and
+/// aspect ratio that fits, else a centre crop with the aspect ratio clamped to `ratio`.
+pub fn draw_crop(
+    rng: &mut ChaCha8Rng,
+    height: usize,
+    width: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+) -> CropBox {
+    let area = (height * width) as f64;
+    let (log_lo, log_hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target_area = area * uniform(rng, scale.0, scale.1);
+        let aspect = uniform(rng, log_lo, log_hi).exp();
+        // Python's round() rounds half to even.
+        let w = (target_area * aspect).sqrt().round_ties_even() as usize;
+        let h = (target_area / aspect).sqrt().round_ties_even() as usize;
+        if w > 0 && w <= width && h > 0 && h <= height {
+            let top = rng.gen_range(0..=height - h);
+            let left = rng.gen_range(0..=width - w);
+            return CropBox {
+                top,
+                left,
+                height: h,
+                width: w,
+            };
+        }
+    }
+    let in_ratio = width as f64 / height as f64;
+    let (w, h) = if in_ratio < ratio.0 {
+        (
+            width,
+            ((width as f64 / ratio.0).round_ties_even() as usize).max(1),
+        )
+    } else if in_ratio > ratio.1 {
+        (
+            ((height as f64 * ratio.1).round_ties_even() as usize).max(1),
+            height,
+        )
+    } else {
+        (width, height)
+    };
+    CropBox {
+        top: (height - h) / 2,
+        left: (width - w) / 2,
+        height: h,
+        width: w,
+    }
+}
+
+fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
+    if hi > lo {
+        rng.gen_range(lo..hi)
+    } else {
+        lo
+    }
+}
+
+/// Blur kernel side for an image side: ≈ 10%, odd, at least 3.
+pub fn blur_kernel_size(side: i64) -> i64 {
+    let k = ((side as f64) * 0.1).round() as i64;
+    let k = if k % 2 == 0 { k + 1 } else { k };
+    k.max(3)
+}
+
+/// The per-sample operations of one view, in the order they run.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Brightness,
+    Contrast,
+    Saturation,
+    Hue,
+    Grayscale,
+    Blur,
+    Solarize { threshold: f64 },
+}
+
+/// One kernel applied to a subset of the batch: sample indices at `ints[idx..idx + n]`, one
+/// parameter per sample at `floats[param..param + n]`.
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    kernel: Kernel,
+    n: usize,
+    idx: usize,
+    param: usize,
+    /// Every sample of the batch in order: no gather/scatter needed.
+    all: bool,
+}
+
+/// What the host decided for one view; the numbers live in the shared upload buffers.
+struct ViewPlan {
+    /// Offset of the per-sample affine matrices (N × 6 floats).
+    theta: usize,
+    /// Offset of the per-sample sampling bounds (N × [x_lo, y_lo, x_hi, y_hi]).
+    bounds: usize,
+    steps: Vec<Step>,
+}
+
+/// Host-side buffers of one call, uploaded once.
+#[derive(Default)]
+struct Upload {
+    floats: Vec<f32>,
+    ints: Vec<i64>,
+}
+
+impl Upload {
+    fn subset(&mut self, kernel: Kernel, samples: &[(usize, f32)], batch: usize) -> Option<Step> {
+        if samples.is_empty() {
+            return None;
+        }
+        let idx = self.ints.len();
+        let param = self.floats.len();
+        let mut in_order = samples.len() == batch;
+        for (k, &(i, v)) in samples.iter().enumerate() {
+            in_order &= i == k;
+            self.ints.push(i as i64);
+            self.floats.push(v);
+        }
+        Some(Step {
+            kernel,
+            n: samples.len(),
+            idx,
+            param,
+            all: in_order,
+        })
+    }
+
+    /// Copies both buffers to `device` (asynchronously from pinned memory on CUDA).
+    fn to_device(&self, device: Device) -> (Tensor, Tensor) {
+        (
+            upload(Tensor::from_slice(&self.floats), device),
+            upload(Tensor::from_slice(&self.ints), device),
+        )
+    }
+}
+
+fn upload(t: Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        let kind = t.kind();
+        t.pin_memory(device).to_device_(device, kind, true, false)
+    } else {
+        t
+    }
+}
+
+/// Batched two-view augmentation for one recipe, output size and normalisation.
+#[derive(Debug, Clone)]
+pub struct Augmenter {
+    recipe: Option<AugRecipe>,
+    views: [ViewSpec; 2],
+    out_size: i64,
+    mean: [f64; 3],
+    std: [f64; 3],
+}
+
+impl Augmenter {
+    pub fn new(recipe: AugRecipe, out_size: i64, mean: [f64; 3], std: [f64; 3]) -> Self {
+        let mut a = Self::with_views(ViewSpec::for_recipe(recipe), out_size, mean, std);
+        a.recipe = Some(recipe);
+        a
+    }
+
+    /// An augmenter with hand-made view specs (tests, previews of single operations).
+    pub fn with_views(views: [ViewSpec; 2], out_size: i64, mean: [f64; 3], std: [f64; 3]) -> Self {
+        assert!(out_size > 0, "the output size must be positive");
+        Augmenter {
+            recipe: None,
+            views,
+            out_size,
+            mean,
+            std,
+        }
+    }
+
+    pub fn recipe(&self) -> Option<AugRecipe> {
+        self.recipe
+    }
+
+    pub fn views(&self) -> &[ViewSpec; 2] {
+        &self.views
+    }
+
+    pub fn out_size(&self) -> i64 {
+        self.out_size
+    }
+
+    /// Two independently augmented views of a uint8 `[N, 3, H, W]` batch: float
+    /// `[N, 3, S, S]`, normalised, on the batch's device. All randomness comes from `rng`.
+    pub fn two_views(&self, images_u8: &Tensor, rng: &mut ChaCha8Rng) -> (Tensor, Tensor) {
+        let _guard = tch::no_grad_guard();
+        let (n, h, w) = check_batch(images_u8);
+        let mut up = Upload::default();
+        self.push_normalisation(&mut up);
+        let p1 = self.plan(&self.views[0], n, h, w, rng, &mut up);
+        let p2 = self.plan(&self.views[1], n, h, w, rng, &mut up);
+        let (floats, ints) = up.to_device(images_u8.device());
+        let source = images_u8.to_kind(Kind::Float);
+        let v1 = self.run(&p1, &source, n, &floats, &ints);
+        let v2 = self.run(&p2, &source, n, &floats, &ints);
+        (v1, v2)
+    }
+
+    /// One view with a given spec (the previews and tests use it).
+    pub fn view(&self, spec: &ViewSpec, images_u8: &Tensor, rng: &mut ChaCha8Rng) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let (n, h, w) = check_batch(images_u8);
+        let mut up = Upload::default();
+        self.push_normalisation(&mut up);
+        let plan = self.plan(spec, n, h, w, rng, &mut up);
+        let (floats, ints) = up.to_device(images_u8.device());
+        let source = images_u8.to_kind(Kind::Float);
+        self.run(&plan, &source, n, &floats, &ints)
+    }
+
+    /// The evaluation transform: images already `S × S` are only converted and normalised;
+    /// others have their shorter side resized (bilinear, antialiased) to S × 8/7 — or to S when
+    /// they are smaller than that — and are centre-cropped to S × S.
+    pub fn eval_view(&self, images_u8: &Tensor) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let (_n, h, w) = check_batch(images_u8);
+        let s = self.out_size;
+        let mut x = images_u8.to_kind(Kind::Float) / 255.0;
+        if (h, w) != (s, s) {
+            let short = h.min(w);
+            let target = if short <= s {
+                s
+            } else {
+                ((s as f64) * 8.0 / 7.0).round() as i64
+            };
+            // torchvision's Resize(int): the long side is truncated, as int(target × long / short).
+            let (rh, rw) = if h <= w {
+                (target, ((target * w) as f64 / h as f64) as i64)
+            } else {
+                (((target * h) as f64 / w as f64) as i64, target)
+            };
+            if (rh, rw) != (h, w) {
+                x = x
+                    .internal_upsample_bilinear2d_aa([rh, rw], false, None, None)
+                    .clamp(0.0, 1.0);
+            }
+            // torchvision's CenterCrop rounds the offset.
+            let top = ((rh - s) as f64 / 2.0).round() as i64;
+            let left = ((rw - s) as f64 / 2.0).round() as i64;
+            x = x.narrow(2, top, s).narrow(3, left, s);
+        }
+        let mut up = Upload::default();
+        self.push_normalisation(&mut up);
+        let (floats, _) = up.to_device(images_u8.device());
+        normalise(&x, &floats)
+    }
+
+    /// floats[0..3] = mean, floats[3..6] = 1 / std.
+    fn push_normalisation(&self, up: &mut Upload) {
+        up.floats.extend(self.mean.iter().map(|&m| m as f32));
+        up.floats.extend(self.std.iter().map(|&s| (1.0 / s) as f32));
+    }
+
+    /// Draws every random parameter of one view on the host.
+    fn plan(
+        &self,
+        spec: &ViewSpec,
+        n: i64,
+        h: i64,
+        w: i64,
+        rng: &mut ChaCha8Rng,
+        up: &mut Upload,
+    ) -> ViewPlan {
+        let n = n as usize;
+        let theta = up.floats.len();
+        for _ in 0..n {
+            let b = draw_crop(rng, h as usize, w as usize, spec.scale, spec.ratio);
+            let flip = spec.flip > 0.0 && rng.gen::<f64>() < spec.flip;
+            // Output coordinates in [-1, 1] map onto the crop box in the input's normalised
+            // coordinates (align_corners = false: -1 and 1 are the outer pixel edges).
+            let sx = b.width as f64 / w as f64;
+            let sy = b.height as f64 / h as f64;
+            let cx = (2 * b.left + b.width) as f64 / w as f64 - 1.0;
+            let cy = (2 * b.top + b.height) as f64 / h as f64 - 1.0;
+            let sx = if flip { -sx } else { sx };
+            up.floats
+                .extend([sx, 0.0, cx, 0.0, sy, cy].map(|v| v as f32));
+        }
+        // Sampling points are kept within the box's outer pixel centres, so edges replicate the
+        // crop's own border pixels as torchvision's crop-then-resize does.
+        let bounds = up.floats.len();
+        for k in 0..n {
+            let t = &up.floats[theta + 6 * k..theta + 6 * k + 6];
+            let (sx, cx, sy, cy) = (t[0].abs() as f64, t[2] as f64, t[4] as f64, t[5] as f64);
+            let (half_px_x, half_px_y) = (1.0 / w as f64, 1.0 / h as f64);
+            let lo_x = cx - sx + half_px_x;
+            let hi_x = cx + sx - half_px_x;
+            let lo_y = cy - sy + half_px_y;
+            let hi_y = cy + sy - half_px_y;
+            up.floats.extend([lo_x, lo_y, hi_x, hi_y].map(|v| v as f32));
+        }
+        let mut steps = Vec::new();
+        let mut push = |up: &mut Upload, kernel: Kernel, samples: &[(usize, f32)]| {
+            if let Some(step) = up.subset(kernel, samples, n) {
+                steps.push(step);
+            }
+        };
+        for op in &spec.ops {
+            match *op {
+                Op::ColorJitter { jitter, p } => {
+                    // Per sample: whether it applies, the four factors, and their order.
+                    let mut chosen: Vec<(usize, [f32; 4], [usize; 4])> = Vec::new();
+                    for i in 0..n {
+                        if !(rng.gen::<f64>() < p) {
+                            continue;
+                        }
+                        let factor = |rng: &mut ChaCha8Rng, x: f64| {
+                            uniform(rng, (1.0 - x).max(0.0), 1.0 + x)
+                        };
+                        let b = factor(rng, jitter.brightness) as f32;
+                        let c = factor(rng, jitter.contrast) as f32;
+                        let s = factor(rng, jitter.saturation) as f32;
+                        let hue = uniform(rng, -jitter.hue, jitter.hue) as f32;
+                        let mut order = [0usize, 1, 2, 3];
+                        order.shuffle(rng);
+                        chosen.push((i, [b, c, s, hue], order));
+                    }
+                    let kernels = [
+                        (Kernel::Brightness, jitter.brightness),
+                        (Kernel::Contrast, jitter.contrast),
+                        (Kernel::Saturation, jitter.saturation),
+                        (Kernel::Hue, jitter.hue),
+                    ];
+                    for slot in 0..4 {
+                        for (k, &(kernel, amount)) in kernels.iter().enumerate() {
+                            // A zero-strength jitter is the identity: skip it.
+                            if amount == 0.0 {
+                                continue;
+                            }
+                            let samples: Vec<(usize, f32)> = chosen
+                                .iter()
+                                .filter(|(_, _, order)| order[slot] == k)
+                                .map(|&(i, f, _)| (i, f[k]))
+                                .collect();
+                            push(up, kernel, &samples);
+                        }
+                    }
+                }
+                Op::Grayscale { p } => {
+                    let samples: Vec<(usize, f32)> = (0..n)
+                        .filter(|_| rng.gen::<f64>() < p)
+                        .map(|i| (i, 0.0))
+                        .collect();
+                    push(up, Kernel::Grayscale, &samples);
+                }
+                Op::GaussianBlur { sigma, p } => {
+                    let mut samples = Vec::new();
+                    for i in 0..n {
+                        if rng.gen::<f64>() < p {
+                            samples.push((i, uniform(rng, sigma.0, sigma.1) as f32));
+                        }
+                    }
+                    push(up, Kernel::Blur, &samples);
+                }
+                Op::Solarize { threshold, p } => {
+                    let samples: Vec<(usize, f32)> = (0..n)
+                        .filter(|_| rng.gen::<f64>() < p)
+                        .map(|i| (i, 0.0))
+                        .collect();
+                    push(up, Kernel::Solarize { threshold }, &samples);
+                }
+            }
+        }
+        ViewPlan {
+            theta,
+            bounds,
+            steps,
+        }
+    }
+
+    /// Runs a planned view on the device.
+    fn run(
+        &self,
+        plan: &ViewPlan,
+        source: &Tensor,
+        n: i64,
+        floats: &Tensor,
+        ints: &Tensor,
+    ) -> Tensor {
+        let s = self.out_size;
+        let theta = floats.narrow(0, plan.theta as i64, n * 6).view([n, 2, 3]);
+        let bounds = floats
+            .narrow(0, plan.bounds as i64, n * 4)
+            .view([n, 1, 1, 4]);
+        let grid = Tensor::affine_grid_generator(&theta, [n, 3, s, s], false)
+            .clamp_tensor(Some(bounds.narrow(3, 0, 2)), Some(bounds.narrow(3, 2, 2)));
+        // Bilinear (0), border padding (1): edge samples never blend with black.
+        let mut x = source.grid_sampler(&grid, 0, 1, false) / 255.0;
+        for step in &plan.steps {
+            let params = floats.narrow(0, step.param as i64, step.n as i64);
+            if step.all {
+                x = apply(step.kernel, &x, &params);
+            } else {
+                let idx = ints.narrow(0, step.idx as i64, step.n as i64);
+                let sub = x.index_select(0, &idx);
+                let sub = apply(step.kernel, &sub, &params);
+                let _ = x.index_copy_(0, &idx, &sub);
+            }
+        }
+        normalise(&x, floats)
+    }
+}
+
+fn check_batch(images: &Tensor) -> (i64, i64, i64) {
+    let size = images.size();
+    assert!(
+        size.len() == 4 && size[1] == 3 && images.kind() == Kind::Uint8,
+        "augmentation expects a uint8 [N, 3, H, W] batch, got {:?} {:?}",
+        images.kind(),
+        size
+    );
+    (size[0], size[2], size[3])
+}
+
+/// (x − mean) / std with mean at floats[0..3] and 1/std at floats[3..6].
+fn normalise(x: &Tensor, floats: &Tensor) -> Tensor {
+    let mean = floats.narrow(0, 0, 3).view([1, 3, 1, 1]);
+    let inv_std = floats.narrow(0, 3, 3).view([1, 3, 1, 1]);
+    (x - mean) * inv_std
+}
+
+/// torchvision's `rgb_to_grayscale` of float `[N, 3, H, W]`: `[N, 1, H, W]`.
+pub fn grayscale(x: &Tensor) -> Tensor {
+    let r = x.narrow(1, 0, 1);
+    let g = x.narrow(1, 1, 1);
+    let b = x.narrow(1, 2, 1);
+    r * GRAY[0] + g * GRAY[1] + b * GRAY[2]
+}
+
+fn clamp01(mut x: Tensor) -> Tensor {
+    let _ = x.clamp_(0.0, 1.0);
+    x
+}
+
+/// torchvision's `_blend`: `f·x + (1 − f)·other`, clamped to [0, 1].
+fn blend(x: &Tensor, other: &Tensor, f: &Tensor) -> Tensor {
+    clamp01(other + (x - other) * f)
+}
+
+/// torchvision's `adjust_brightness` with one factor per sample (`[N, 1, 1, 1]`).
+pub fn adjust_brightness(x: &Tensor, factor: &Tensor) -> Tensor {
+    clamp01(x * factor)
+}
+
+/// torchvision's `adjust_contrast`: blend with the mean of the grayscale image.
+pub fn adjust_contrast(x: &Tensor, factor: &Tensor) -> Tensor {
+    let mean = grayscale(x).mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
+    blend(x, &mean, factor)
+}
+
+/// torchvision's `adjust_saturation`: blend with the grayscale image.
+pub fn adjust_saturation(x: &Tensor, factor: &Tensor) -> Tensor {
+    blend(x, &grayscale(x), factor)
+}
+
+/// Inverts values at or above `threshold` (torchvision's `solarize` on float images).
+pub fn solarize(x: &Tensor, threshold: f64) -> Tensor {
+    let inverted: Tensor = 1.0 - x;
+    inverted.where_self(&x.ge(threshold), x)
+}
+
+/// One kernel on `x` ([n, 3, S, S] in [0, 1]) with one parameter per sample.
+fn apply(kernel: Kernel, x: &Tensor, params: &Tensor) -> Tensor {
+    let n = x.size()[0];
+    let per_sample = || params.view([n, 1, 1, 1]);
+    match kernel {
+        Kernel::Brightness => adjust_brightness(x, &per_sample()),
+        Kernel::Contrast => adjust_contrast(x, &per_sample()),
+        Kernel::Saturation => adjust_saturation(x, &per_sample()),
+        Kernel::Hue => adjust_hue(x, &per_sample()),
+        Kernel::Grayscale => grayscale(x).expand([n, 3, -1, -1], false),
+        Kernel::Blur => gaussian_blur(x, params),
+        Kernel::Solarize { threshold } => solarize(x, threshold),
+    }
+}
+
+/// torchvision's `adjust_hue`: shift the hue in HSV space by `shift` (a fraction of the circle).
+///
+/// With V = max(r, g, b) and C = max − min, HSV → RGB is `V − C·clamp(min(k, 4 − k), 0, 1)` with
+/// `k = (n + 6H) mod 6` for n = 5, 3, 1 (R, G, B), so the round trip needs only 6H from RGB.
+pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Tensor {
+    let r = x.narrow(1, 0, 1);
+    let g = x.narrow(1, 1, 1);
+    let b = x.narrow(1, 2, 1);
+    let maxc = x.amax(1i64, true);
+    let minc = x.amin(1i64, true);
+    let chroma = &maxc - &minc;
+    let inv = chroma.where_scalarother(&chroma.gt(0.0), 1.0).reciprocal();
+    let h_r = (&g - &b) * &inv;
+    let h_g = (&b - &r) * &inv + 2.0;
+    let h_b = (&r - &g) * &inv + 4.0;
+    let is_r = maxc.eq_tensor(&r);
+    let is_g = maxc.eq_tensor(&g);
+    // Six times the hue (in [-1, 5)), plus the shift; the mod below wraps it.
+    let h6 = h_r.where_self(&is_r, &h_g.where_self(&is_g, &h_b)) + shift * 6.0;
+    let offsets = Tensor::from_slice(&[5.0f32, 3.0, 1.0])
+        .to_device(x.device())
+        .view([1, 3, 1, 1]);
+    let k = (h6 + offsets).remainder(6.0);
+    let reverse: Tensor = 4.0 - &k;
+    let ramp = clamp01(k.minimum(&reverse));
+    maxc - chroma * ramp
+}
+
+/// Per-sample Gaussian blur (`sigma`: `[N]`): separable, reflection padding, one grouped
+/// convolution per axis; kernel side from [`blur_kernel_size`].
+pub fn gaussian_blur(x: &Tensor, sigma: &Tensor) -> Tensor {
+    let size = x.size();
+    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+    let k = blur_kernel_size(h.min(w)).min(2 * (h.min(w) - 1) + 1);
+    let half = k / 2;
+    let t = Tensor::arange_start(-half, half + 1, (Kind::Float, x.device())).view([1, k]);
+    let sigma = sigma.view([n, 1]);
+    let weights = (t.square() / (sigma.square() * -2.0)).exp();
+    let weights = &weights / weights.sum_dim_intlist(1i64, true, Kind::Float);
+    // One filter per (sample, channel): groups = n × c.
+    let weights = weights.repeat_interleave_self_int(c, 0, None);
+    let planes = x.reshape([1, n * c, h, w]);
+    let across = planes.reflection_pad2d([half, half, 0, 0]).conv2d(
+        &weights.view([n * c, 1, 1, k]),
+        None::<Tensor>,
+        1,
+        0,
+        1,
+        n * c,
+    );
+    let down = across.reflection_pad2d([0, 0, half, half]).conv2d(
+        &weights.view([n * c, 1, k, 1]),
+        None::<Tensor>,
+        1,
+        0,
+        1,
+        n * c,
+    );
+    down.reshape([n, c, h, w])
+}

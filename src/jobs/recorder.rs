@@ -1,0 +1,342 @@
+//! The recorder: one tokio task that turns the engine's events into SQLite rows and SSE events.
+//!
+//! Messages are taken in batches (whatever is waiting, up to `MAX_BATCH`) and written in one
+//! transaction: metric values, evaluations, checkpoint rows, event rows and the runs row's progress
+//! columns. After the commit the events are broadcast. A failed write is logged and retried; it
+//! never ends the task.
+use super::hub::{state_data, EventHub};
+use super::paths;
+use crate::db::{self, events::EventRow, runs::RunState};
+use crate::train::events::{RunOutcome, TrainEvent};
+use serde_json::json;
+use sqlx::{SqliteConnection, SqlitePool};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Capacity of the channel from the training threads (they never wait on it).
+pub const CHANNEL_CAPACITY: usize = 4096;
+/// Messages written per transaction at most.
+const MAX_BATCH: usize = 1024;
+/// Tries of a whole batch before it is written message by message.
+const BATCH_TRIES: u32 = 5;
+
+/// How a training call ended, as the worker thread saw it.
+#[derive(Debug, Clone)]
+pub enum Finished {
+    Outcome(RunOutcome),
+    /// `run_training` returned an error or panicked.
+    Error(String),
+    /// An error while the process was shutting down: the run stays resumable.
+    InterruptedWithError(String),
+}
+
+#[derive(Debug)]
+pub enum RecorderMsg {
+    Train {
+        run_id: i64,
+        event: TrainEvent,
+    },
+    /// The run's thread is free again; comes after every event of the run.
+    Finished {
+        run_id: i64,
+        finished: Finished,
+    },
+}
+
+/// Told when a run's end has been stored (the scheduler frees its slot).
+pub type FinishedTx = mpsc::UnboundedSender<i64>;
+
+pub struct Recorder {
+    pub pool: SqlitePool,
+    pub data_dir: PathBuf,
+    pub hub: Arc<EventHub>,
+    pub finished: FinishedTx,
+}
+
+/// What a written batch produced.
+#[derive(Default)]
+struct Written {
+    events: Vec<EventRow>,
+    finished: Vec<i64>,
+}
+
+impl Recorder {
+    /// Runs until every sender is dropped and the channel is drained.
+    pub async fn run(self, mut rx: mpsc::Receiver<RecorderMsg>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.write(&batch).await;
+            batch.clear();
+        }
+        tracing::debug!("recorder stopped");
+    }
+
+    async fn write(&self, batch: &[RecorderMsg]) {
+        let guard = self.hub.lock().await;
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=BATCH_TRIES {
+            match self.write_in_transaction(batch).await {
+                Ok(written) => {
+                    self.hub.broadcast(written.events);
+                    drop(guard);
+                    self.report_finished(written.finished);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        attempt,
+                        messages = batch.len(),
+                        "cannot store recorded events, retrying: {e:#}"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        // One bad message must not hold back the others: write them one at a time.
+        let mut finished = Vec::new();
+        for msg in batch {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.write_in_transaction(std::slice::from_ref(msg)).await {
+                    Ok(written) => {
+                        self.hub.broadcast(written.events);
+                        finished.extend(written.finished);
+                        break;
+                    }
+                    Err(e) if is_permanent(&e) => {
+                        tracing::error!("dropping a recorded event that cannot be stored: {e:#}");
+                        if let RecorderMsg::Finished { run_id, .. } = msg {
+                            finished.push(*run_id);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::error!("cannot store a recorded event, retrying: {e:#}");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        drop(guard);
+        self.report_finished(finished);
+    }
+
+    fn report_finished(&self, ids: Vec<i64>) {
+        for id in ids {
+            let _ = self.finished.send(id);
+        }
+    }
+
+    async fn write_in_transaction(&self, batch: &[RecorderMsg]) -> anyhow::Result<Written> {
+        let mut tx = self.pool.begin().await?;
+        let mut written = Written::default();
+        // Progress columns are written once per run per batch, from its newest record.
+        let mut progress: BTreeMap<i64, db::runs::Progress> = BTreeMap::new();
+        for msg in batch {
+            match msg {
+                RecorderMsg::Train { run_id, event } => {
+                    self.write_event(&mut tx, *run_id, event, &mut progress, &mut written)
+                        .await?
+                }
+                RecorderMsg::Finished { run_id, finished } => {
+                    if let Some(p) = progress.remove(run_id) {
+                        db::runs::set_progress(&mut tx, *run_id, &p).await?;
+                    }
+                    self.write_finished(&mut tx, *run_id, finished, &mut written)
+                        .await?;
+                    written.finished.push(*run_id);
+                }
+            }
+        }
+        for (run_id, p) in &progress {
+            db::runs::set_progress(&mut tx, *run_id, p).await?;
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+
+    async fn write_event(
+        &self,
+        conn: &mut SqliteConnection,
+        run_id: i64,
+        event: &TrainEvent,
+        progress: &mut BTreeMap<i64, db::runs::Progress>,
+        written: &mut Written,
+    ) -> anyhow::Result<()> {
+        match event {
+            TrainEvent::Started {
+                device,
+                start_step,
+                start_epoch,
+                steps_per_epoch,
+                total_steps,
+                train_images,
+                parameters,
+            } => {
+                db::runs::set_started(
+                    conn,
+                    run_id,
+                    *steps_per_epoch,
+                    *total_steps,
+                    *start_step,
+                    *start_epoch,
+                )
+                .await?;
+                let resumed = if *start_step > 0 {
+                    format!(", resuming at step {start_step}")
+                } else {
+                    String::new()
+                };
+                let message = format!(
+                    "training on {device}: {train_images} images, {steps_per_epoch} steps per \
+                     epoch, {total_steps} steps in all, {parameters} parameters{resumed}"
+                );
+                written.events.push(
+                    db::events::insert(
+                        conn,
+                        run_id,
+                        "log",
+                        &json!({"level": "info", "message": message}),
+                    )
+                    .await?,
+                );
+                let mut data = state_data(RunState::Running, None, *start_step);
+                data["total_steps"] = json!(total_steps);
+                written
+                    .events
+                    .push(db::events::insert(conn, run_id, "state", &data).await?);
+            }
+            TrainEvent::Metrics(record) => {
+                db::metrics::insert(conn, run_id, record).await?;
+                let data =
+                    json!({"step": record.step, "epoch": record.epoch, "values": record.values});
+                written
+                    .events
+                    .push(db::events::insert(conn, run_id, "metrics", &data).await?);
+                let entry = progress.entry(run_id).or_default();
+                entry.step = record.step;
+                entry.epoch = record.epoch + 1;
+                let value = |name: &str| record.values.get(name).copied().filter(|v| v.is_finite());
+                if let Some(loss) = value(crate::train::events::metric::LOSS) {
+                    entry.last_loss = Some(loss);
+                }
+                if let Some(ips) = value(crate::train::events::metric::IMAGES_PER_SEC) {
+                    entry.images_per_sec = Some(ips);
+                }
+            }
+            TrainEvent::Evaluation {
+                epoch,
+                step,
+                knn_top1,
+                features,
+            } => {
+                db::evaluations::insert(conn, run_id, *epoch, *step, *knn_top1, features).await?;
+                db::runs::set_knn(conn, run_id, *knn_top1).await?;
+                let data = json!({"epoch": epoch, "step": step, "knn_top1": knn_top1, "features": features});
+                written
+                    .events
+                    .push(db::events::insert(conn, run_id, "evaluation", &data).await?);
+            }
+            TrainEvent::CheckpointSaved(info) => {
+                let Some(rel) = paths::relative_to(&self.data_dir, &info.path) else {
+                    // Never register a file the server would refuse to serve.
+                    tracing::error!(
+                        run = run_id,
+                        path = %info.path.display(),
+                        "a checkpoint outside the data directory was not registered"
+                    );
+                    return Ok(());
+                };
+                let row = db::checkpoints::insert(
+                    conn,
+                    run_id,
+                    info.kind.name(),
+                    &rel,
+                    info.epoch,
+                    info.step,
+                    info.size_bytes as i64,
+                    &info.sha256,
+                )
+                .await?;
+                let data = json!({
+                    "id": row.id,
+                    "kind": row.kind,
+                    "epoch": row.epoch,
+                    "step": row.step,
+                    "size_bytes": row.size_bytes,
+                    "sha256": row.sha256,
+                    "download_url": row.download_url(),
+                });
+                written
+                    .events
+                    .push(db::events::insert(conn, run_id, "checkpoint", &data).await?);
+            }
+            TrainEvent::Log { level, message } => {
+                let data = json!({"level": level, "message": message});
+                written
+                    .events
+                    .push(db::events::insert(conn, run_id, "log", &data).await?);
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_finished(
+        &self,
+        conn: &mut SqliteConnection,
+        run_id: i64,
+        finished: &Finished,
+        written: &mut Written,
+    ) -> anyhow::Result<()> {
+        let (state, error, step) = match finished {
+            Finished::Outcome(RunOutcome::Completed { step, .. }) => {
+                (RunState::Completed, None, Some(*step))
+            }
+            Finished::Outcome(RunOutcome::Cancelled { step }) => {
+                (RunState::Cancelled, None, Some(*step))
+            }
+            Finished::Outcome(RunOutcome::Interrupted { step }) => {
+                (RunState::Interrupted, None, Some(*step))
+            }
+            Finished::Outcome(RunOutcome::Failed { step, reason }) => {
+                (RunState::Failed, Some(reason.clone()), Some(*step))
+            }
+            Finished::Error(message) => (RunState::Failed, Some(message.clone()), None),
+            Finished::InterruptedWithError(message) => {
+                (RunState::Interrupted, Some(message.clone()), None)
+            }
+        };
+        db::runs::finish(conn, run_id, state, error.as_deref(), step).await?;
+        let (stored_step,): (i64,) = sqlx::query_as("SELECT step FROM runs WHERE id = ?")
+            .bind(run_id)
+            .fetch_one(&mut *conn)
+            .await?;
+        let data = state_data(state, error.as_deref(), stored_step);
+        written
+            .events
+            .push(db::events::insert(conn, run_id, "state", &data).await?);
+        Ok(())
+    }
+}
+
+/// A constraint violation (the run's row is gone) will fail on every retry.
+fn is_permanent(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<sqlx::Error>(),
+            Some(sqlx::Error::Database(db)) if db.kind() != sqlx::error::ErrorKind::Other
+        )
+    })
+}

@@ -1,0 +1,704 @@
+//! The scheduler: starts queued runs in order on their device, cancels, resumes and deletes runs,
+//! and stops everything on shutdown. The database is the truth for run state; this keeps only what
+//! cannot live there (the stop flags and threads of running runs).
+use super::hub::{state_data, EventHub};
+use super::paths;
+use super::recorder::{self, Recorder, RecorderMsg};
+use super::worker::{ChannelObserver, DeviceWorkers, Job};
+use crate::config::{parse_device, DatasetKind, FieldError, Preset, RunConfig};
+use crate::db::{self, runs::RunState, runs::RunSummary};
+use crate::train::stop::StopFlag;
+use crate::train::TrainRequest;
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::SqlitePool;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+/// How the scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// Runs trained at once on one device.
+    pub runs_per_device: usize,
+    /// Queue runs left interrupted (by a shutdown or a crash) again at start.
+    pub auto_resume: bool,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            runs_per_device: 1,
+            auto_resume: false,
+        }
+    }
+}
+
+/// Why an action on a run was refused (the API answers 404 or 409 with the message).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    NotFound(String),
+    Conflict(String),
+}
+
+impl Refused {
+    pub fn message(&self) -> &str {
+        match self {
+            Refused::NotFound(m) | Refused::Conflict(m) => m,
+        }
+    }
+
+    fn not_found(id: i64) -> Refused {
+        Refused::NotFound(format!("there is no run {id}"))
+    }
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// A stored, queued run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CreatedRun {
+    pub run: RunSummary,
+    pub config: RunConfig,
+}
+
+/// A run on a training thread.
+struct Active {
+    device: String,
+    stop: StopFlag,
+}
+
+#[derive(Default)]
+struct Slots {
+    active: HashMap<i64, Active>,
+    workers: HashMap<String, DeviceWorkers>,
+    shutting_down: bool,
+}
+
+impl Slots {
+    fn busy(&self, device: &str) -> usize {
+        self.active.values().filter(|a| a.device == device).count()
+    }
+}
+
+struct Inner {
+    pool: SqlitePool,
+    data_dir: PathBuf,
+    hub: Arc<EventHub>,
+    options: SchedulerOptions,
+    slots: Mutex<Slots>,
+    wake: Notify,
+    recorder_tx: Mutex<Option<mpsc::Sender<RecorderMsg>>>,
+    recorder_task: tokio::sync::Mutex<Option<JoinHandle<()>>>,
+    dispatcher_task: Mutex<Option<JoinHandle<()>>>,
+    stopped: AtomicBool,
+}
+
+/// Cheap to clone; every clone is the same scheduler.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl Scheduler {
+    /// Marks runs a dead process left running as interrupted (queuing them again with
+    /// `auto_resume`), starts the recorder and the dispatcher. Needs a tokio runtime.
+    pub async fn start(
+        pool: SqlitePool,
+        data_dir: PathBuf,
+        hub: Arc<EventHub>,
+        options: SchedulerOptions,
+    ) -> anyhow::Result<Scheduler> {
+        let (tx, rx) = mpsc::channel(recorder::CHANNEL_CAPACITY);
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            pool: pool.clone(),
+            data_dir: data_dir.clone(),
+            hub: hub.clone(),
+            options,
+            slots: Mutex::new(Slots::default()),
+            wake: Notify::new(),
+            recorder_tx: Mutex::new(Some(tx)),
+            recorder_task: tokio::sync::Mutex::new(None),
+            dispatcher_task: Mutex::new(None),
+            stopped: AtomicBool::new(false),
+        });
+        let scheduler = Scheduler { inner };
+        scheduler.recover().await?;
+
+        let recorder = Recorder {
+            pool,
+            data_dir,
+            hub,
+            finished: finished_tx,
+        };
+        *scheduler.inner.recorder_task.lock().await = Some(tokio::spawn(recorder.run(rx)));
+
+        let me = scheduler.clone();
+        let dispatcher = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = me.inner.wake.notified() => {}
+                    Some(id) = finished_rx.recv() => me.release(id),
+                }
+                if let Err(e) = me.dispatch().await {
+                    tracing::error!("cannot start queued runs, retrying in a second: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    me.inner.wake.notify_one();
+                }
+            }
+        });
+        *scheduler.inner.dispatcher_task.lock().unwrap() = Some(dispatcher);
+        scheduler.inner.wake.notify_one();
+        Ok(scheduler)
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.inner.hub
+    }
+
+    /// Ids of the runs on training threads now.
+    pub fn active_runs(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .inner
+            .slots
+            .lock()
+            .unwrap()
+            .active
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Runs left 'running' by a process that died become 'interrupted'.
+    async fn recover(&self) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        {
+            let _guard = inner.hub.lock().await;
+            let mut tx = inner.pool.begin().await?;
+            let ids = db::runs::interrupt_stale(&mut tx).await?;
+            let mut events = Vec::new();
+            for id in &ids {
+                let step = step_of(&mut tx, *id).await?;
+                let data = state_data(
+                    RunState::Interrupted,
+                    Some("the server stopped while the run was training"),
+                    step,
+                );
+                events.push(db::events::insert(&mut tx, *id, "state", &data).await?);
+            }
+            tx.commit().await?;
+            inner.hub.broadcast(events);
+            if !ids.is_empty() {
+                tracing::warn!(
+                    ?ids,
+                    "runs left running by a previous process are now interrupted"
+                );
+            }
+        }
+        if inner.options.auto_resume {
+            for id in db::runs::ids_in_state(&inner.pool, RunState::Interrupted).await? {
+                match self.resume(id).await? {
+                    Ok(_) => {
+                        tracing::info!(run = id, "interrupted run queued again (--auto-resume)")
+                    }
+                    Err(refused) => tracing::warn!(run = id, "cannot resume: {refused}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates a partial config (the JSON API's body, the form's fields), stores it as a queued
+    /// run and wakes the dispatcher. Invalid input stores nothing and names every bad field.
+    pub async fn create(
+        &self,
+        doc: &serde_json::Value,
+    ) -> anyhow::Result<Result<CreatedRun, Vec<FieldError>>> {
+        let config = match RunConfig::from_partial_json(doc, Preset::Cifar) {
+            Ok(c) => c,
+            Err(errors) => return Ok(Err(errors)),
+        };
+        let mut errors = Vec::new();
+        let device = match parse_device(&config.device).map(|d| d.resolve()) {
+            Some(Ok(device)) => device_name(device),
+            Some(Err(message)) => {
+                errors.push(FieldError::new("device", message));
+                String::new()
+            }
+            None => {
+                errors.push(FieldError::new("device", "must be auto, cpu or cuda:N"));
+                String::new()
+            }
+        };
+        if let Err(e) = check_dataset(&self.inner.data_dir, &config) {
+            errors.push(e);
+        }
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        let id = db::runs::insert(&self.inner.pool, &config, &device).await?;
+        self.inner
+            .hub
+            .record(
+                &self.inner.pool,
+                id,
+                "state",
+                &state_data(RunState::Queued, None, 0),
+            )
+            .await?;
+        let (run, config) = db::runs::get_with_config(&self.inner.pool, id)
+            .await?
+            .context("the new run disappeared")?;
+        tracing::info!(run = id, name = %run.name, device = %run.device, "run queued");
+        self.inner.wake.notify_one();
+        Ok(Ok(CreatedRun { run, config }))
+    }
+
+    /// Cancels a run: a queued (or interrupted) run never starts; a running one stops within a
+    /// step, writing a full checkpoint, and ends 'cancelled'.
+    pub async fn cancel(&self, id: i64) -> anyhow::Result<Result<RunSummary, Refused>> {
+        // A queued run may start while we look: read again when the state moved under us.
+        for _ in 0..3 {
+            let Some(run) = db::runs::get(&self.inner.pool, id).await? else {
+                return Ok(Err(Refused::not_found(id)));
+            };
+            match run.state {
+                RunState::Queued | RunState::Interrupted => {
+                    if self
+                        .change_state(id, &[run.state], RunState::Cancelled)
+                        .await?
+                    {
+                        tracing::info!(run = id, "run cancelled before it trained");
+                        return self.summary(id).await;
+                    }
+                }
+                RunState::Running => {
+                    let stop = self
+                        .inner
+                        .slots
+                        .lock()
+                        .unwrap()
+                        .active
+                        .get(&id)
+                        .map(|a| a.stop.clone());
+                    match stop {
+                        Some(stop) => {
+                            stop.cancel();
+                            db::runs::request_cancel(&self.inner.pool, id).await?;
+                            tracing::info!(run = id, "cancel requested");
+                            return Ok(Ok(run));
+                        }
+                        // Just finished: its end is being stored.
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                state => {
+                    return Ok(Err(Refused::Conflict(format!(
+                        "run {id} is {state}: only queued, running or interrupted runs can be \
+                         cancelled"
+                    ))))
+                }
+            }
+        }
+        Ok(Err(Refused::Conflict(format!(
+            "run {id} changed state while it was being cancelled; try again"
+        ))))
+    }
+
+    /// Queues an interrupted, cancelled or failed run again; it continues from its latest full
+    /// checkpoint (or from the start when it has none).
+    pub async fn resume(&self, id: i64) -> anyhow::Result<Result<RunSummary, Refused>> {
+        let Some(run) = db::runs::get(&self.inner.pool, id).await? else {
+            return Ok(Err(Refused::not_found(id)));
+        };
+        if !run.state.can_resume() {
+            let why = match run.state {
+                RunState::Completed => "it already completed",
+                RunState::Running => "it is running",
+                _ => "it is already queued",
+            };
+            return Ok(Err(Refused::Conflict(format!(
+                "run {id} cannot be resumed: {why}"
+            ))));
+        }
+        if !self
+            .change_state(
+                id,
+                &[RunState::Interrupted, RunState::Cancelled, RunState::Failed],
+                RunState::Queued,
+            )
+            .await?
+        {
+            return Ok(Err(Refused::Conflict(format!(
+                "run {id} changed state meanwhile; try again"
+            ))));
+        }
+        tracing::info!(run = id, "run queued again");
+        self.inner.wake.notify_one();
+        self.summary(id).await
+    }
+
+    /// Deletes a run that is not running, with its rows and its files.
+    pub async fn delete(&self, id: i64) -> anyhow::Result<Result<(), Refused>> {
+        let Some(run) = db::runs::get(&self.inner.pool, id).await? else {
+            return Ok(Err(Refused::not_found(id)));
+        };
+        if run.state == RunState::Running
+            || !db::runs::delete_unless_running(&self.inner.pool, id).await?
+        {
+            return Ok(Err(Refused::Conflict(format!(
+                "run {id} is running: cancel it first, then delete it"
+            ))));
+        }
+        let dir = run_dir(&self.inner.data_dir, id);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(run = id, dir = %dir.display(), "cannot remove the run's files: {e}")
+            }
+        }
+        tracing::info!(run = id, "run deleted");
+        Ok(Ok(()))
+    }
+
+    async fn summary(&self, id: i64) -> anyhow::Result<Result<RunSummary, Refused>> {
+        Ok(db::runs::get(&self.inner.pool, id)
+            .await?
+            .ok_or_else(|| Refused::not_found(id)))
+    }
+
+    /// Moves a run between states with its `state` event, atomically.
+    async fn change_state(&self, id: i64, from: &[RunState], to: RunState) -> anyhow::Result<bool> {
+        let inner = &self.inner;
+        let _guard = inner.hub.lock().await;
+        let mut tx = inner.pool.begin().await?;
+        if !db::runs::transition(&mut tx, id, from, to).await? {
+            return Ok(false);
+        }
+        let step = step_of(&mut tx, id).await?;
+        let event = db::events::insert(&mut tx, id, "state", &state_data(to, None, step)).await?;
+        tx.commit().await?;
+        inner.hub.broadcast([event]);
+        Ok(true)
+    }
+
+    /// A training thread is free again (its run's end is stored).
+    fn release(&self, id: i64) {
+        self.inner.slots.lock().unwrap().active.remove(&id);
+    }
+
+    /// Starts queued runs, oldest first, while their devices have free slots.
+    async fn dispatch(&self) -> anyhow::Result<()> {
+        for (id, device) in db::runs::queued(&self.inner.pool).await? {
+            {
+                let slots = self.inner.slots.lock().unwrap();
+                if slots.shutting_down {
+                    return Ok(());
+                }
+                if slots.busy(&device) >= self.inner.options.runs_per_device.max(1) {
+                    continue;
+                }
+            }
+            if let Err(e) = self.start_run(id, &device).await {
+                tracing::error!(run = id, "cannot start the run: {e:#}");
+                self.fail_queued(id, &format!("{e:#}")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_run(&self, id: i64, device_name: &str) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let Some(row) = db::runs::get_row(&inner.pool, id).await? else {
+            return Ok(());
+        };
+        let config = row.config()?;
+        let device = parse_device(device_name)
+            .with_context(|| format!("unknown device {device_name:?}"))?
+            .resolve()
+            .map_err(anyhow::Error::msg)?;
+        check_dataset(&inner.data_dir, &config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        // The newest full checkpoint whose file is still there.
+        let mut resume_from = None;
+        for ckpt in db::checkpoints::full_newest_first(&inner.pool, id).await? {
+            if let Some(path) = paths::registered_file(&inner.data_dir, &ckpt.path) {
+                resume_from = Some((path, ckpt.step));
+                break;
+            }
+            tracing::warn!(run = id, path = %ckpt.path, "a registered checkpoint is missing; trying an older one");
+        }
+        let dir = run_dir(&inner.data_dir, id);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the run directory {}", dir.display()))?;
+
+        // Registered before the run is marked running, so a cancel always finds its flag.
+        let stop = StopFlag::new();
+        {
+            let mut slots = inner.slots.lock().unwrap();
+            if slots.shutting_down {
+                return Ok(());
+            }
+            slots.active.insert(
+                id,
+                Active {
+                    device: device_name.to_string(),
+                    stop: stop.clone(),
+                },
+            );
+        }
+        let start_step = resume_from.as_ref().map_or(0, |(_, step)| *step);
+        let marked = {
+            let _guard = inner.hub.lock().await;
+            let result: anyhow::Result<Option<db::events::EventRow>> = async {
+                let mut tx = inner.pool.begin().await?;
+                if !db::runs::mark_running(&mut tx, id).await? {
+                    return Ok(None);
+                }
+                db::runs::rewind(&mut tx, id, start_step).await?;
+                db::checkpoints::delete_after(&mut tx, id, start_step).await?;
+                let event = db::events::insert(
+                    &mut tx,
+                    id,
+                    "state",
+                    &state_data(RunState::Running, None, start_step),
+                )
+                .await?;
+                tx.commit().await?;
+                Ok(Some(event))
+            }
+            .await;
+            match result {
+                Ok(Some(event)) => {
+                    inner.hub.broadcast([event]);
+                    true
+                }
+                Ok(None) => false,
+                Err(e) => {
+                    inner.slots.lock().unwrap().active.remove(&id);
+                    return Err(e);
+                }
+            }
+        };
+        if !marked {
+            // Cancelled or deleted while we prepared it.
+            inner.slots.lock().unwrap().active.remove(&id);
+            return Ok(());
+        }
+        let Some(tx) = inner.recorder_tx.lock().unwrap().clone() else {
+            return self.requeue(id).await;
+        };
+        let job = Job {
+            run_id: id,
+            request: TrainRequest {
+                config,
+                data_dir: inner.data_dir.clone(),
+                run_dir: dir,
+                device,
+                stop,
+                resume_from: resume_from.map(|(path, _)| path),
+            },
+            observer: ChannelObserver::new(id, tx),
+        };
+        let submitted = {
+            let mut slots = inner.slots.lock().unwrap();
+            if slots.shutting_down {
+                Err(job)
+            } else {
+                let slots = &mut *slots;
+                let workers = match slots.workers.entry(device_name.to_string()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                        DeviceWorkers::start(device_name, inner.options.runs_per_device)
+                            .context("cannot start a training thread")?,
+                    ),
+                };
+                workers.submit(job)
+            }
+        };
+        if submitted.is_err() {
+            return self.requeue(id).await;
+        }
+        tracing::info!(run = id, device = device_name, start_step, "run started");
+        Ok(())
+    }
+
+    /// A run marked running that never reached a thread (the server began to shut down).
+    async fn requeue(&self, id: i64) -> anyhow::Result<()> {
+        self.inner.slots.lock().unwrap().active.remove(&id);
+        self.change_state(id, &[RunState::Running], RunState::Queued)
+            .await?;
+        Ok(())
+    }
+
+    /// A queued run that cannot start (device gone, dataset moved) fails with the reason.
+    async fn fail_queued(&self, id: i64, message: &str) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        inner.slots.lock().unwrap().active.remove(&id);
+        let _guard = inner.hub.lock().await;
+        let mut tx = inner.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE runs SET state = 'failed', error = ?, finished_at = ? \
+             WHERE id = ? AND state IN ('queued', 'running')",
+        )
+        .bind(message)
+        .bind(db::now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            let step = step_of(&mut tx, id).await?;
+            let event = db::events::insert(
+                &mut tx,
+                id,
+                "state",
+                &state_data(RunState::Failed, Some(message), step),
+            )
+            .await?;
+            tx.commit().await?;
+            inner.hub.broadcast([event]);
+        }
+        Ok(())
+    }
+
+    /// Stops dispatching, interrupts every running run (each writes a full checkpoint and ends
+    /// 'interrupted'), joins the training threads and drains the recorder, all within `timeout`.
+    /// A run whose thread did not stop in time is marked interrupted anyway.
+    pub async fn shutdown(&self, timeout: Duration) {
+        if self.inner.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let workers = {
+            let mut slots = self.inner.slots.lock().unwrap();
+            slots.shutting_down = true;
+            for (id, active) in &slots.active {
+                tracing::info!(run = id, "interrupting the run for shutdown");
+                active.stop.interrupt();
+            }
+            std::mem::take(&mut slots.workers)
+        };
+        let threads: Vec<_> = workers
+            .into_values()
+            .flat_map(DeviceWorkers::close)
+            .collect();
+        let joined = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        });
+        if tokio::time::timeout_at(deadline, joined).await.is_err() {
+            tracing::warn!("a training thread did not stop in time");
+        }
+        // Every finished job dropped its sender; dropping ours lets the recorder drain and end.
+        self.inner.recorder_tx.lock().unwrap().take();
+        if let Some(task) = self.inner.recorder_task.lock().await.take() {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!("the recorder did not finish writing in time");
+            }
+        }
+        if let Some(task) = self.inner.dispatcher_task.lock().unwrap().take() {
+            task.abort();
+        }
+        // Whatever is still marked running did not get to store its end.
+        let leftover: anyhow::Result<()> = async {
+            let _guard = self.inner.hub.lock().await;
+            let mut tx = self.inner.pool.begin().await?;
+            let ids = db::runs::interrupt_stale(&mut tx).await?;
+            let mut events = Vec::new();
+            for id in ids {
+                let step = step_of(&mut tx, id).await?;
+                let data = state_data(
+                    RunState::Interrupted,
+                    Some("the server stopped before the run could save its state"),
+                    step,
+                );
+                events.push(db::events::insert(&mut tx, id, "state", &data).await?);
+            }
+            tx.commit().await?;
+            self.inner.hub.broadcast(events);
+            Ok(())
+        }
+        .await;
+        if let Err(e) = leftover {
+            tracing::error!("cannot mark runs interrupted at shutdown: {e:#}");
+        }
+    }
+}
+
+async fn step_of(conn: &mut sqlx::SqliteConnection, id: i64) -> anyhow::Result<i64> {
+    let (step,): (i64,) = sqlx::query_as("SELECT step FROM runs WHERE id = ?")
+        .bind(id)
+        .fetch_one(conn)
+        .await?;
+    Ok(step)
+}
+
+/// Where run `id` keeps its files.
+pub fn run_dir(data_dir: &Path, id: i64) -> PathBuf {
+    data_dir.join("runs").join(id.to_string())
+}
+
+/// "cpu" or "cuda:N".
+pub fn device_name(device: tch::Device) -> String {
+    match device {
+        tch::Device::Cuda(n) => format!("cuda:{n}"),
+        tch::Device::Mps => "mps".into(),
+        tch::Device::Vulkan => "vulkan".into(),
+        _ => "cpu".into(),
+    }
+}
+
+/// The server's own checks of a dataset: its path must resolve inside the data directory and hold
+/// a dataset of the kind the config names.
+pub fn check_dataset(data_dir: &Path, config: &RunConfig) -> Result<(), FieldError> {
+    let ds = &config.dataset;
+    if ds.kind == DatasetKind::Synthetic {
+        return Ok(());
+    }
+    let Some(rel) = ds.path.as_deref() else {
+        return Err(FieldError::new(
+            "dataset.path",
+            format!("is required for a {} dataset", ds.kind.name()),
+        ));
+    };
+    let path = paths::resolve_inside(data_dir, rel)
+        .map_err(|message| FieldError::new("dataset.path", message))?;
+    match crate::data::detect_kind(&path) {
+        Some(kind) if kind == ds.kind => Ok(()),
+        Some(kind) => Err(FieldError::new(
+            "dataset.kind",
+            format!(
+                "{rel:?} holds a {} dataset, not {}",
+                kind.name(),
+                ds.kind.name()
+            ),
+        )),
+        None => Err(FieldError::new(
+            "dataset.path",
+            format!(
+                "{rel:?} is not a recognised dataset (CIFAR-10/100 binary, STL-10 binary, or a \
+                 folder of class subfolders holding JPEG/PNG images)"
+            ),
+        )),
+    }
+}

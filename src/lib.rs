@@ -1,0 +1,11 @@
+//! moco-server: Momentum Contrast training as a library, a CLI and an HTTP server.
+pub mod cli_data;
+pub mod cli_train;
+pub mod config;
+pub mod data;
+pub mod db;
+pub mod doctor;
+pub mod jobs;
+pub mod moco;
+pub mod server;
+pub mod train;

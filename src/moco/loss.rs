@@ -1,0 +1,33 @@
+//! InfoNCE over (q·k⁺, q·queue) / T with the positive at index 0.
+use tch::{Kind, Tensor};
+
+pub struct ContrastiveLoss {
+    /// Mean cross-entropy (scalar, differentiable).
+    pub loss: Tensor,
+    /// [N] q·k⁺ before /T.
+    pub l_pos: Tensor,
+    /// [N, K] q·queue before /T.
+    pub l_neg: Tensor,
+}
+
+impl ContrastiveLoss {
+    /// Share of rows whose positive has the largest logit among the K + 1.
+    pub fn top1(&self) -> Tensor {
+        let max_neg = self.l_neg.amax([1], false);
+        self.l_pos
+            .detach()
+            .gt_tensor(&max_neg)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+    }
+}
+
+/// `q`, `k`: [N, dim] unit vectors (k without gradient); `queue`: [K, dim].
+pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, temperature: f64) -> ContrastiveLoss {
+    let l_pos = (q * k).sum_dim_intlist(1i64, false, Kind::Float);
+    let l_neg = q.mm(&queue.tr());
+    let logits = Tensor::cat(&[l_pos.unsqueeze(1), l_neg.shallow_clone()], 1) / temperature;
+    let labels = Tensor::zeros([q.size()[0]], (Kind::Int64, q.device()));
+    let loss = logits.cross_entropy_for_logits(&labels);
+    ContrastiveLoss { loss, l_pos, l_neg }
+}

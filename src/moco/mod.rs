@@ -1,0 +1,10 @@
+//! The MoCo algorithm: encoders with torchvision names, heads, split BN, the queue, the momentum
+//! update and the InfoNCE loss. No I/O here.
+pub mod encoder;
+pub mod head;
+pub mod loss;
+pub mod model;
+pub mod norm;
+pub mod params;
+pub mod queue;
+pub mod shuffle;

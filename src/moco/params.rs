@@ -1,0 +1,193 @@
+//! Parameters and buffers of a network, kept in one flat buffer.
+//!
+//! Every trainable tensor is a view into a single contiguous tensor, so the momentum update
+//! θk ← m·θk + (1−m)·θq is one `lerp_` over the whole network and the optimizer step a handful of
+//! kernels, whatever the number of layers — no per-tensor loop, no host round trip.
+use tch::{Device, Kind, Tensor};
+
+/// One trainable tensor and where it lives in the flat buffer.
+pub struct Param {
+    /// torchvision-style dotted name, e.g. `layer1.0.conv1.weight`.
+    pub name: String,
+    pub tensor: Tensor,
+    /// False for BatchNorm parameters and biases (optionally excluded from weight decay).
+    pub is_bn_or_bias: bool,
+    pub offset: i64,
+    pub numel: i64,
+}
+
+/// The parameters and buffers of one network, in creation order.
+pub struct ParamStore {
+    pub params: Vec<Param>,
+    /// Non-trainable state (BatchNorm running statistics, `num_batches_tracked`).
+    pub buffers: Vec<(String, Tensor)>,
+    flat: Option<Tensor>,
+    device: Device,
+}
+
+impl ParamStore {
+    pub fn new(device: Device) -> Self {
+        ParamStore {
+            params: Vec::new(),
+            buffers: Vec::new(),
+            flat: None,
+            device,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Registers an initialised tensor as a trainable parameter; returns the handle the layer keeps.
+    pub fn param(&mut self, name: String, init: Tensor, is_bn_or_bias: bool) -> Tensor {
+        assert!(
+            self.flat.is_none(),
+            "parameters are registered before flattening"
+        );
+        assert!(
+            self.params.iter().all(|p| p.name != name),
+            "duplicate parameter name {name}"
+        );
+        let tensor = init
+            .to_device(self.device)
+            .to_kind(Kind::Float)
+            .set_requires_grad(true);
+        let numel = tensor.numel() as i64;
+        self.params.push(Param {
+            name,
+            tensor: tensor.shallow_clone(),
+            is_bn_or_bias,
+            offset: 0,
+            numel,
+        });
+        tensor
+    }
+
+    pub fn buffer(&mut self, name: String, init: Tensor) -> Tensor {
+        let tensor = init.to_device(self.device);
+        self.buffers.push((name, tensor.shallow_clone()));
+        tensor
+    }
+
+    /// Moves every parameter into one contiguous buffer (`set_data` keeps the layers' handles).
+    pub fn flatten(&mut self) {
+        let total: i64 = self.params.iter().map(|p| p.numel).sum();
+        let flat = Tensor::zeros([total], (Kind::Float, self.device));
+        let _guard = tch::no_grad_guard();
+        let mut offset = 0;
+        for p in &mut self.params {
+            let mut view = flat
+                .narrow(0, offset, p.numel)
+                .view(p.tensor.size().as_slice());
+            view.copy_(&p.tensor);
+            p.tensor.set_data(&view);
+            p.offset = offset;
+            offset += p.numel;
+        }
+        self.flat = Some(flat);
+    }
+
+    /// All parameters as one tensor (shares storage with the parameters).
+    pub fn flat(&self) -> &Tensor {
+        self.flat.as_ref().expect("ParamStore::flatten was called")
+    }
+
+    pub fn num_parameters(&self) -> i64 {
+        self.params.iter().map(|p| p.numel).sum()
+    }
+
+    /// The gradients of all parameters, concatenated in the flat layout (zeros where a parameter
+    /// received none).
+    pub fn flat_grad(&self) -> Tensor {
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| {
+                let g = p.tensor.grad();
+                if g.defined() {
+                    g.reshape([-1])
+                } else {
+                    Tensor::zeros([p.numel], (Kind::Float, self.device))
+                }
+            })
+            .collect();
+        Tensor::cat(&grads, 0)
+    }
+
+    pub fn zero_grad(&mut self) {
+        for p in &mut self.params {
+            p.tensor.zero_grad();
+        }
+    }
+
+    /// 1 for parameters that take weight decay, 0 for the others, in the flat layout.
+    pub fn decay_mask(&self, exclude_bn_and_bias: bool) -> Tensor {
+        let parts: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|p| {
+                let v = if exclude_bn_and_bias && p.is_bn_or_bias {
+                    0.0
+                } else {
+                    1.0
+                };
+                Tensor::full([p.numel], v, (Kind::Float, self.device))
+            })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Every parameter and buffer by name (for checkpoints and export).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.params
+            .iter()
+            .map(|p| (p.name.clone(), p.tensor.detach()))
+            .chain(
+                self.buffers
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone())),
+            )
+            .collect()
+    }
+
+    /// Copies values by name into this store; every name must be present with the same shape.
+    pub fn load_named(&mut self, tensors: &[(String, Tensor)], prefix: &str) -> anyhow::Result<()> {
+        let lookup: std::collections::HashMap<&str, &Tensor> = tensors
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix(prefix).map(|n| (n, t)))
+            .collect();
+        let _guard = tch::no_grad_guard();
+        let targets = self
+            .params
+            .iter_mut()
+            .map(|p| (&p.name, &mut p.tensor))
+            .chain(self.buffers.iter_mut().map(|(n, t)| (&*n, t)));
+        for (name, target) in targets {
+            let src = lookup
+                .get(name.as_str())
+                .ok_or_else(|| anyhow::anyhow!("checkpoint lacks {prefix}{name}"))?;
+            anyhow::ensure!(
+                src.size() == target.size(),
+                "{prefix}{name} has shape {:?} in the checkpoint, {:?} in the model",
+                src.size(),
+                target.size()
+            );
+            target.copy_(src);
+        }
+        Ok(())
+    }
+
+    /// Copies every parameter and buffer of `other` (same architecture) into this store.
+    pub fn copy_from(&mut self, other: &ParamStore) {
+        let _guard = tch::no_grad_guard();
+        self.flat
+            .as_ref()
+            .expect("flattened")
+            .shallow_clone()
+            .copy_(other.flat());
+        for ((_, dst), (_, src)) in self.buffers.iter_mut().zip(other.buffers.iter()) {
+            dst.copy_(src);
+        }
+    }
+}

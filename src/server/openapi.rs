@@ -1,0 +1,288 @@
+//! The OpenAPI 3 description of the JSON API, served at /api/openapi.json.
+use serde_json::{json, Value};
+
+/// Every path the API serves (the test suite checks the document lists exactly these).
+pub const PATHS: [&str; 17] = [
+    "/api/runs",
+    "/api/runs/{id}",
+    "/api/runs/{id}/cancel",
+    "/api/runs/{id}/resume",
+    "/api/runs/{id}/metrics",
+    "/api/runs/{id}/evaluations",
+    "/api/runs/{id}/checkpoints",
+    "/api/runs/{id}/checkpoints/{ckpt}/download",
+    "/api/runs/{id}/events",
+    "/api/presets",
+    "/api/datasets",
+    "/api/health",
+    "/api/version",
+    "/api/devices",
+    "/api/openapi.json",
+    "/api/login",
+    "/metrics",
+];
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn json_response(description: &str, body: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": body}}})
+}
+
+fn error(description: &str) -> Value {
+    json_response(description, schema("Error"))
+}
+
+fn id_param(name: &str, what: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": what,
+           "schema": {"type": "integer", "minimum": 1}})
+}
+
+fn query(name: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "description": description,
+           "schema": schema})
+}
+
+fn run_and_config() -> Value {
+    json!({"type": "object", "required": ["run", "config"],
+           "properties": {"run": schema("RunSummary"), "config": schema("RunConfig")}})
+}
+
+fn run_only() -> Value {
+    json!({"type": "object", "required": ["run"], "properties": {"run": schema("RunSummary")}})
+}
+
+fn mutating(mut op: Value) -> Value {
+    op["security"] = json!([{"bearer": []}, {"cookie": []}]);
+    op["responses"]["401"] = error("the server requires its access token");
+    op
+}
+
+pub fn document() -> Value {
+    let run_id = id_param("id", "run id");
+    let paths = json!({
+        "/api/runs": {
+            "get": {
+                "summary": "List runs",
+                "parameters": [
+                    query("state", "only runs in this state", schema("RunState")),
+                    query("preset", "only runs of this preset", json!({"type": "string", "enum": ["v1", "v2", "cifar"]})),
+                    query("search", "case-insensitive part of the name", json!({"type": "string"})),
+                    query("sort", "order", json!({"type": "string", "default": "created_desc",
+                        "enum": ["created_desc", "created_asc", "name_asc", "name_desc", "knn_desc", "state"]})),
+                    query("limit", "at most this many", json!({"type": "integer", "minimum": 1})),
+                ],
+                "responses": {
+                    "200": json_response("the runs", json!({"type": "object", "properties": {"runs": {"type": "array", "items": schema("RunSummary")}}})),
+                    "400": json_response("a bad filter", schema("FieldErrors")),
+                }
+            },
+            "post": mutating(json!({
+                "summary": "Create and queue a run",
+                "description": "The body is a partial config: missing keys come from `preset` (default cifar). Dataset paths are relative to the data directory and must resolve inside it.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("RunConfig"),
+                    "example": {"preset": "cifar", "name": "demo", "epochs": 2, "dataset": {"kind": "synthetic", "synthetic_train": 200}}}}},
+                "responses": {
+                    "201": json_response("queued", run_and_config()),
+                    "400": json_response("the body is not JSON", schema("FieldErrors")),
+                    "413": {"description": "the body is larger than 1 MiB"},
+                    "422": json_response("invalid config; nothing stored", schema("FieldErrors")),
+                }
+            })),
+        },
+        "/api/runs/{id}": {
+            "get": {
+                "summary": "A run and its config",
+                "parameters": [run_id],
+                "responses": {"200": json_response("the run", run_and_config()), "404": error("no such run")}
+            },
+            "delete": mutating(json!({
+                "summary": "Delete a run with its metrics, events and files",
+                "parameters": [run_id],
+                "responses": {"204": {"description": "deleted"}, "404": error("no such run"),
+                              "409": error("the run is running: cancel it first")}
+            })),
+        },
+        "/api/runs/{id}/cancel": {
+            "post": mutating(json!({
+                "summary": "Cancel a run",
+                "description": "A queued or interrupted run never starts; a running run writes a full checkpoint and stops within one step (its state becomes cancelled then).",
+                "parameters": [run_id],
+                "responses": {"200": json_response("cancelled or cancel requested", run_only()),
+                              "404": error("no such run"), "409": error("the run already ended")}
+            })),
+        },
+        "/api/runs/{id}/resume": {
+            "post": mutating(json!({
+                "summary": "Queue an interrupted, cancelled or failed run again",
+                "description": "It continues from its latest full checkpoint (from the start when it has none).",
+                "parameters": [run_id],
+                "responses": {"200": json_response("queued", run_only()),
+                              "404": error("no such run"), "409": error("the run cannot be resumed")}
+            })),
+        },
+        "/api/runs/{id}/metrics": {
+            "get": {
+                "summary": "Metric series, downsampled keeping each bucket's minimum and maximum",
+                "parameters": [
+                    run_id,
+                    query("names", "comma-separated metric names (default: all recorded)", json!({"type": "string", "example": "loss,lr"})),
+                    query("since_step", "only steps after this one", json!({"type": "integer", "default": 0})),
+                    query("max_points", "points per series at most", json!({"type": "integer", "default": 1000, "minimum": 2, "maximum": 100000})),
+                ],
+                "responses": {
+                    "200": json_response("series of [step, value] pairs by name", json!({"type": "object", "properties": {"series": {"type": "object",
+                        "additionalProperties": {"type": "array", "items": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}}}}})),
+                    "400": json_response("a bad parameter", schema("FieldErrors")),
+                    "404": error("no such run"),
+                }
+            }
+        },
+        "/api/runs/{id}/evaluations": {
+            "get": {
+                "summary": "kNN top-1 after each evaluated epoch",
+                "parameters": [run_id],
+                "responses": {"200": json_response("evaluations", json!({"type": "object", "properties": {"evaluations": {"type": "array", "items": schema("Evaluation")}}})),
+                              "404": error("no such run")}
+            }
+        },
+        "/api/runs/{id}/checkpoints": {
+            "get": {
+                "summary": "Checkpoints and encoder exports of a run",
+                "parameters": [run_id],
+                "responses": {"200": json_response("checkpoints", json!({"type": "object", "properties": {"checkpoints": {"type": "array", "items": schema("Checkpoint")}}})),
+                              "404": error("no such run")}
+            }
+        },
+        "/api/runs/{id}/checkpoints/{ckpt}/download": {
+            "get": {
+                "summary": "Download a checkpoint file",
+                "description": "Streams the file with Content-Length and Content-Disposition (e.g. run-3-encoder-epoch10.safetensors); single byte ranges are answered with 206 (416 when unsatisfiable).",
+                "parameters": [run_id, id_param("ckpt", "checkpoint id"),
+                    {"name": "Range", "in": "header", "required": false, "schema": {"type": "string", "example": "bytes=0-1023"}}],
+                "responses": {
+                    "200": {"description": "the file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                    "206": {"description": "the requested range"},
+                    "404": error("no such checkpoint, or its file is gone"),
+                    "416": {"description": "the range is outside the file"},
+                }
+            }
+        },
+        "/api/runs/{id}/events": {
+            "get": {
+                "summary": "Live events of a run (server-sent events)",
+                "description": "Event types: metrics {step, epoch, values}, state {state, error, step}, evaluation {epoch, step, knn_top1}, checkpoint {id, kind, epoch, step, size_bytes, sha256, download_url}, log {level, message}. Every event has an id; reconnecting with Last-Event-ID (or ?last_event_id=) replays what was missed, exactly once.",
+                "parameters": [run_id,
+                    {"name": "Last-Event-ID", "in": "header", "required": false, "schema": {"type": "integer"}},
+                    query("last_event_id", "as the Last-Event-ID header", json!({"type": "integer"}))],
+                "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                              "404": error("no such run")}
+            }
+        },
+        "/api/presets": {
+            "get": {
+                "summary": "The presets and their full configs",
+                "responses": {"200": json_response("presets", json!({"type": "object", "properties": {"presets": {"type": "array", "items": {
+                    "type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "config": schema("RunConfig")}}}}}))}
+            }
+        },
+        "/api/datasets": {
+            "get": {
+                "summary": "Datasets a run can use: the built-in synthetic set first, then those found in the data directory",
+                "responses": {"200": json_response("datasets", json!({"type": "object", "properties": {"datasets": {"type": "array", "items": schema("Dataset")}}}))}
+            }
+        },
+        "/api/health": {
+            "get": {
+                "summary": "Liveness and database status",
+                "responses": {
+                    "200": json_response("healthy", json!({"type": "object", "properties": {
+                        "status": {"type": "string"}, "database": {"type": "string"},
+                        "active_runs": {"type": "array", "items": {"type": "integer"}}, "uptime_seconds": {"type": "number"}}})),
+                    "503": {"description": "the database is unavailable"}
+                }
+            }
+        },
+        "/api/version": {
+            "get": {
+                "summary": "Versions of the server, tch and libtorch",
+                "responses": {"200": json_response("versions", json!({"type": "object", "properties": {
+                    "version": {"type": "string"}, "tch": {"type": "string"}, "libtorch": {"type": "string"}}}))}
+            }
+        },
+        "/api/devices": {
+            "get": {
+                "summary": "Devices training can run on",
+                "responses": {"200": json_response("devices", json!({"type": "object", "properties": {"devices": {"type": "array", "items": {
+                    "type": "object", "properties": {"name": {"type": "string", "example": "cuda:0"}, "kind": {"type": "string"}}}}}}))}
+            }
+        },
+        "/api/openapi.json": {
+            "get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3 document"}}}
+        },
+        "/api/login": {
+            "post": {
+                "summary": "Check the access token and set it as a cookie for browser forms",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "the token is right (a cookie is set)"}, "401": error("wrong token")}
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics: runs by state, images/s and steps of running runs",
+                "responses": {"200": {"description": "text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}}}
+            }
+        },
+    });
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "moco-server",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Momentum Contrast training server: runs, live metrics, checkpoints. Requests that change something need `Authorization: Bearer <token>` when the server listens beyond loopback or was given a token."
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": super::auth::COOKIE}
+            },
+            "schemas": {
+                "RunState": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled", "interrupted"]},
+                "RunSummary": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"}, "name": {"type": "string"}, "preset": {"type": "string"},
+                        "dataset": {"type": "string"}, "state": schema("RunState"), "device": {"type": "string"},
+                        "error": {"type": "string", "nullable": true},
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "started_at": {"type": "string", "format": "date-time", "nullable": true},
+                        "finished_at": {"type": "string", "format": "date-time", "nullable": true},
+                        "step": {"type": "integer"}, "epoch": {"type": "integer", "description": "epoch being trained, 1-based"},
+                        "total_steps": {"type": "integer"}, "epochs": {"type": "integer"},
+                        "progress": {"type": "number", "minimum": 0, "maximum": 1},
+                        "eta_seconds": {"type": "number", "nullable": true},
+                        "last_loss": {"type": "number", "nullable": true},
+                        "images_per_sec": {"type": "number", "nullable": true},
+                        "best_knn": {"type": "number", "nullable": true},
+                        "last_knn": {"type": "number", "nullable": true}
+                    }
+                },
+                "RunConfig": {"type": "object", "description": "Every setting of a run (see GET /api/presets for full examples); as a request body, any subset.", "additionalProperties": true},
+                "Evaluation": {"type": "object", "properties": {"epoch": {"type": "integer"}, "step": {"type": "integer"},
+                    "knn_top1": {"type": "number"}, "features": {"type": "string"}, "created_at": {"type": "string"}}},
+                "Checkpoint": {"type": "object", "properties": {"id": {"type": "integer"}, "kind": {"type": "string", "enum": ["full", "encoder"]},
+                    "epoch": {"type": "integer"}, "step": {"type": "integer"}, "size_bytes": {"type": "integer"},
+                    "sha256": {"type": "string"}, "created_at": {"type": "string"}, "download_url": {"type": "string"}}},
+                "Dataset": {"type": "object", "properties": {"kind": {"type": "string"}, "path": {"type": "string", "nullable": true},
+                    "label": {"type": "string"}, "images": {"type": "integer"}, "test_images": {"type": "integer"},
+                    "classes": {"type": "integer"}, "image_size": {"type": "integer", "nullable": true},
+                    "config": {"type": "object", "description": "the `dataset` object to post"}}},
+                "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+                "FieldErrors": {"type": "object", "required": ["errors"], "properties": {"errors": {"type": "array", "items": {
+                    "type": "object", "required": ["field", "message"], "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}
+            }
+        }
+    })
+}

@@ -1,0 +1,281 @@
+//! `/runs/new`: the form (GET, optionally `?preset=` or `?from=<run id>`) and its submission
+//! (POST form-encoded: 303 to the new run, or 422 with every error beside its field and the
+//! typed values kept).
+use super::form::{self, FieldView, OptionView, Values};
+use super::{backend, format, render, Layout, PageError};
+use crate::config::{FieldError, Preset, RunConfig};
+use crate::server::AppState;
+use askama::Template;
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Form;
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct NewRunQuery {
+    #[serde(default)]
+    preset: Option<String>,
+    /// Start from the settings of this run.
+    #[serde(default)]
+    from: Option<String>,
+}
+
+pub struct ErrorView {
+    field: String,
+    anchor: String,
+    message: String,
+}
+
+pub struct SectionView {
+    title: &'static str,
+    fields: Vec<FieldView>,
+}
+
+pub struct PresetLink {
+    name: &'static str,
+    href: String,
+}
+
+#[derive(Template)]
+#[template(path = "new_run.html")]
+struct NewRunPage {
+    layout: Layout,
+    errors: Vec<ErrorView>,
+    source_note: String,
+    basics: Vec<FieldView>,
+    sections: Vec<SectionView>,
+    advanced_open: bool,
+    preset_links: Vec<PresetLink>,
+    effective_lr: String,
+    queue_rule: String,
+    presets_json: String,
+}
+
+/// The dataset picker's entries: the built-in synthetic set, then what the data directory holds.
+async fn dataset_options(state: &AppState, chosen: &str) -> Vec<OptionView> {
+    let listing = backend::list_datasets(state).await.unwrap_or_else(|e| {
+        tracing::warn!("cannot list datasets: {e:#}");
+        Vec::new()
+    });
+    let mut options: Vec<OptionView> = listing
+        .into_iter()
+        .map(|d| OptionView {
+            selected: d.value == chosen,
+            value: d.value,
+            label: d.label,
+        })
+        .collect();
+    if !options.iter().any(|o| o.value == "synthetic") {
+        options.insert(
+            0,
+            OptionView {
+                value: "synthetic".into(),
+                label: "Synthetic shapes (built in)".into(),
+                selected: chosen == "synthetic",
+            },
+        );
+    }
+    // A choice that is no longer listed (or a hand-made post) stays selected, so its error shows.
+    if !chosen.is_empty() && !options.iter().any(|o| o.value == chosen) {
+        options.push(OptionView {
+            value: chosen.to_string(),
+            label: format!("{chosen} (not found in the data directory)"),
+            selected: true,
+        });
+    }
+    options
+}
+
+async fn build_page(
+    state: &AppState,
+    values: &Values,
+    errors: &[FieldError],
+    source_note: String,
+) -> NewRunPage {
+    let errors_for = |key: &str| -> Vec<String> {
+        errors
+            .iter()
+            .filter(|e| {
+                e.field == key
+                    || (key == form::DATASET_KEY
+                        && (e.field == "dataset.kind" || e.field == "dataset.path"))
+            })
+            .map(|e| e.message.clone())
+            .collect()
+    };
+    let preset_name = values
+        .get(form::PRESET_KEY)
+        .cloned()
+        .unwrap_or_else(|| "cifar".into());
+    let preset = Preset::parse(&preset_name);
+
+    let mut preset_options: Vec<OptionView> = Preset::ALL
+        .iter()
+        .map(|p| OptionView {
+            value: p.name().into(),
+            label: p.name().to_string(),
+            selected: p.name() == preset_name,
+        })
+        .collect();
+    if preset.is_none() {
+        preset_options.push(OptionView {
+            value: preset_name.clone(),
+            label: format!("{preset_name} (unknown)"),
+            selected: true,
+        });
+    }
+    let chosen_dataset = values.get(form::DATASET_KEY).cloned().unwrap_or_default();
+    let preset_help = match preset {
+        Some(p) => format!("{}. Every value can be changed.", p.description()),
+        None => "The paper's settings to start from.".to_string(),
+    };
+    let (name_spec, other_basics) = form::BASICS.split_first().expect("the form has basics");
+    let mut basics = vec![
+        FieldView::from_spec(name_spec, values, errors_for(name_spec.key)),
+        FieldView::select(
+            form::PRESET_KEY,
+            "Preset",
+            &preset_help,
+            preset_options,
+            errors_for(form::PRESET_KEY),
+        ),
+        FieldView::select(
+            form::DATASET_KEY,
+            "Dataset",
+            "The built-in synthetic set, or a dataset under the server's data directory.",
+            dataset_options(state, &chosen_dataset).await,
+            errors_for(form::DATASET_KEY),
+        ),
+    ];
+    basics.extend(
+        other_basics
+            .iter()
+            .map(|s| FieldView::from_spec(s, values, errors_for(s.key))),
+    );
+    let sections: Vec<SectionView> = form::SECTIONS
+        .iter()
+        .map(|section| SectionView {
+            title: section.title,
+            fields: section
+                .fields
+                .iter()
+                .map(|s| FieldView::from_spec(s, values, errors_for(s.key)))
+                .collect(),
+        })
+        .collect();
+    let advanced_open = sections
+        .iter()
+        .flat_map(|s| s.fields.iter())
+        .any(|f| !f.errors.is_empty());
+
+    NewRunPage {
+        layout: Layout::new("new"),
+        errors: errors
+            .iter()
+            .map(|e| ErrorView {
+                field: if e.field.is_empty() {
+                    "config".into()
+                } else {
+                    e.field.clone()
+                },
+                anchor: form::anchor_for(&e.field).unwrap_or_default(),
+                message: e.message.clone(),
+            })
+            .collect(),
+        source_note,
+        basics,
+        sections,
+        advanced_open,
+        preset_links: Preset::ALL
+            .iter()
+            .map(|p| PresetLink {
+                name: p.name(),
+                href: format!("/runs/new?preset={}", p.name()),
+            })
+            .collect(),
+        effective_lr: form::effective_lr(values),
+        queue_rule: form::queue_rule(values),
+        presets_json: format::script_json(&form::presets_json()),
+    }
+}
+
+/// GET /runs/new
+pub async fn page(
+    State(state): State<AppState>,
+    Query(query): Query<NewRunQuery>,
+) -> Result<Response, PageError> {
+    let (values, note) = match (&query.from, &query.preset) {
+        (Some(from), _) if !from.is_empty() => {
+            let id = super::parse_run_id(from)?;
+            let (run, config) = backend::get_run(&state, id)
+                .await?
+                .ok_or_else(|| PageError::not_found(format!("There is no run {id}.")))?;
+            let mut cfg: RunConfig = serde_json::from_value(config).map_err(|e| {
+                PageError::from(anyhow::anyhow!("run {id} has an unreadable config: {e}"))
+            })?;
+            cfg.name = if run.name.is_empty() {
+                String::new()
+            } else {
+                format!("{} (copy)", run.name)
+            };
+            (
+                form::values_from_config(&cfg),
+                format!(
+                    "Settings copied from run #{id} ({}). Change what the new run should vary.",
+                    run.display_name()
+                ),
+            )
+        }
+        (_, Some(p)) if !p.is_empty() => {
+            let preset = Preset::parse(p).ok_or_else(|| {
+                PageError::bad_request(format!(
+                    "Unknown preset {p:?}; the presets are v1, v2 and cifar."
+                ))
+            })?;
+            (
+                form::values_from_config(&RunConfig::preset(preset)),
+                String::new(),
+            )
+        }
+        _ => (
+            form::values_from_config(&RunConfig::preset(Preset::Cifar)),
+            String::new(),
+        ),
+    };
+    let page = build_page(&state, &values, &[], note).await;
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// POST /runs/new
+pub async fn submit(
+    State(state): State<AppState>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Result<Response, PageError> {
+    let submitted = form::submitted_values(pairs);
+    let (doc, parse_errors) = form::partial_config(&submitted);
+    // Shown again: what was typed, over the chosen preset's defaults for anything not sent (those
+    // are what the server used).
+    let preset = submitted
+        .get(form::PRESET_KEY)
+        .and_then(|p| Preset::parse(p.trim()))
+        .unwrap_or(Preset::Cifar);
+    let mut values = form::values_from_config(&RunConfig::preset(preset));
+    values.extend(submitted);
+    let errors = if parse_errors.is_empty() {
+        match backend::create_run(&state, doc).await? {
+            Ok(id) => {
+                return Ok((
+                    StatusCode::SEE_OTHER,
+                    [(header::LOCATION, format!("/runs/{id}"))],
+                )
+                    .into_response())
+            }
+            Err(errors) => errors,
+        }
+    } else {
+        form::local_errors(&doc, parse_errors)
+    };
+    let page = build_page(&state, &values, &errors, String::new()).await;
+    Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page))
+}

@@ -1,0 +1,249 @@
+//! `/runs/{id}`: one run. Numbers, checkpoints, the event log and the config are rendered here;
+//! static/run.js draws the curves and follows the run over SSE. Cancel and resume are forms that
+//! post to this module and come back with a 303.
+use super::view::{self, RunView};
+use super::{backend, form, format, parse_run_id, render, Layout, PageError};
+use crate::config::RunConfig;
+use crate::server::AppState;
+use crate::train::events::metric;
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+pub struct QueueStat {
+    label: &'static str,
+    metric: &'static str,
+    value: String,
+}
+
+pub struct CheckpointView {
+    id: i64,
+    kind: String,
+    kind_label: &'static str,
+    epoch: i64,
+    step: i64,
+    size: String,
+    sha256: String,
+    sha256_short: String,
+    download_url: String,
+}
+
+pub struct LogView {
+    id: i64,
+    time: String,
+    time_short: String,
+    level: String,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "run.html")]
+struct RunPage {
+    layout: Layout,
+    run: RunView,
+    can_cancel: bool,
+    can_resume: bool,
+    flash: String,
+    flash_bad: bool,
+    last_event_id: i64,
+    queue_stats: Vec<QueueStat>,
+    augmentation: String,
+    checkpoints: Vec<CheckpointView>,
+    log: Vec<LogView>,
+    config_rows: Vec<(String, String)>,
+    run_json: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RunQuery {
+    /// Set by the redirect after a cancel or resume: "cancel" or "resume".
+    #[serde(default)]
+    done: Option<String>,
+}
+
+const QUEUE_METRICS: [(&str, &str); 6] = [
+    ("Queue fill", metric::QUEUE_FILL),
+    ("Queue pointer", metric::QUEUE_PTR),
+    ("Key age, mean (steps)", metric::KEY_AGE_MEAN),
+    ("Key age, max (steps)", metric::KEY_AGE_MAX),
+    ("Queue similarity", metric::QUEUE_SIMILARITY),
+    ("Encoder drift", metric::DRIFT),
+];
+
+fn queue_value(name: &str, v: Option<f64>) -> String {
+    let Some(v) = v else {
+        return "—".into();
+    };
+    match name {
+        metric::QUEUE_FILL => format!("{:.1} %", v * 100.0),
+        metric::QUEUE_PTR | metric::KEY_AGE_MAX => format!("{}", v.round() as i64),
+        metric::KEY_AGE_MEAN => format!("{v:.1}"),
+        _ => format::num(v, 4),
+    }
+}
+
+/// GET /runs/{id}
+pub async fn page(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    Query(query): Query<RunQuery>,
+) -> Result<Response, PageError> {
+    let id = parse_run_id(&raw_id)?;
+    let flash = match query.done.as_deref() {
+        Some("cancel") => {
+            "Cancel requested: the run stops after its current step and keeps a resumable checkpoint."
+        }
+        Some("resume") => "The run is queued again and continues from its last full checkpoint.",
+        _ => "",
+    };
+    render_page(&state, id, flash.to_string(), false, StatusCode::OK).await
+}
+
+async fn render_page(
+    state: &AppState,
+    id: i64,
+    flash: String,
+    flash_bad: bool,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let (run, config) = backend::get_run(state, id)
+        .await?
+        .ok_or_else(|| PageError::not_found(format!("There is no run {id}.")))?;
+    let names: Vec<&str> = QUEUE_METRICS.iter().map(|(_, m)| *m).collect();
+    let latest = backend::latest_metrics(state, id, &names).await?;
+    let queue_stats = QUEUE_METRICS
+        .iter()
+        .map(|&(label, name)| QueueStat {
+            label,
+            metric: name,
+            value: queue_value(name, latest.get(name).copied()),
+        })
+        .collect();
+    let checkpoints = backend::checkpoints(state, id)
+        .await?
+        .into_iter()
+        .map(|c| CheckpointView {
+            kind_label: if c.kind == "full" {
+                "full (resumable)"
+            } else {
+                "encoder (safetensors)"
+            },
+            size: format::bytes(c.size_bytes),
+            sha256_short: c.sha256.chars().take(12).collect(),
+            id: c.id,
+            kind: c.kind,
+            epoch: c.epoch,
+            step: c.step,
+            sha256: c.sha256,
+            download_url: c.download_url,
+        })
+        .collect();
+    let events = backend::log_events(state, id).await?;
+    let last_event_id = backend::last_event_id(state, id).await?;
+    let log = events
+        .into_iter()
+        .map(|e| LogView {
+            id: e.id,
+            time_short: format::short_time(&e.created_at),
+            time: e.created_at,
+            level: e.level,
+            message: e.message,
+        })
+        .collect();
+    let augmentation = config
+        .get("augmentation")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let run_json = serde_json::json!({
+        "id": run.id,
+        "resumable_states": view::resumable_states(),
+        "cancellable_states": view::cancellable_states(),
+    });
+    let page = RunPage {
+        layout: Layout::new(""),
+        can_cancel: view::can_cancel(&run.state),
+        can_resume: view::can_resume(&run.state),
+        run: RunView::new(&run),
+        flash,
+        flash_bad,
+        last_event_id,
+        queue_stats,
+        augmentation,
+        checkpoints,
+        log,
+        config_rows: form::config_rows(&config),
+        run_json: format::script_json(&run_json),
+    };
+    Ok(render(status, &page))
+}
+
+fn back_to_run(id: i64, done: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, format!("/runs/{id}?done={done}"))],
+    )
+        .into_response()
+}
+
+/// POST /runs/{id}/cancel: 303 back to the run, or the run page with the reason (409).
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, PageError> {
+    let id = parse_run_id(&raw_id)?;
+    match backend::cancel_run(&state, id).await? {
+        Ok(()) => Ok(back_to_run(id, "cancel")),
+        Err(problem) => render_page(&state, id, problem, true, StatusCode::CONFLICT).await,
+    }
+}
+
+/// POST /runs/{id}/resume: 303 back to the run, or the run page with the reason (409).
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, PageError> {
+    let id = parse_run_id(&raw_id)?;
+    match backend::resume_run(&state, id).await? {
+        Ok(()) => Ok(back_to_run(id, "resume")),
+        Err(problem) => render_page(&state, id, problem, true, StatusCode::CONFLICT).await,
+    }
+}
+
+/// GET /runs/{id}/augment-preview.png: view pairs of a few images under the run's recipe.
+pub async fn augment_preview(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+) -> Result<Response, PageError> {
+    let id = parse_run_id(&raw_id)?;
+    let (_, config) = backend::get_run(&state, id)
+        .await?
+        .ok_or_else(|| PageError::not_found(format!("There is no run {id}.")))?;
+    let config: RunConfig = serde_json::from_value(config)
+        .map_err(|e| anyhow::anyhow!("run {id} has an unreadable config: {e}"))?;
+    let png = backend::augment_preview_png(&state, id, &config).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/png"),
+            // The recipe of a run never changes.
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        png.as_ref().clone(),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_values_read_as_the_panel_shows_them() {
+        assert_eq!(queue_value(metric::QUEUE_FILL, Some(0.5)), "50.0 %");
+        assert_eq!(queue_value(metric::QUEUE_PTR, Some(256.0)), "256");
+        assert_eq!(queue_value(metric::DRIFT, Some(0.0123456)), "0.01235");
+        assert_eq!(queue_value(metric::DRIFT, None), "—");
+    }
+}

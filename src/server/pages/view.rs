@@ -1,0 +1,223 @@
+//! A run as the pages show it, built from the API's run summary (the same fields the scripts
+//! receive from /api/runs, so server-rendered and live values agree).
+use super::format;
+use crate::db::runs::RunState;
+use serde::Deserialize;
+
+/// The JSON API's RunSummary.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RunRecord {
+    pub id: i64,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub preset: String,
+    #[serde(default)]
+    pub dataset: String,
+    pub state: String,
+    #[serde(default)]
+    pub device: String,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub started_at: Option<String>,
+    #[serde(default)]
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub step: i64,
+    #[serde(default)]
+    pub epoch: i64,
+    #[serde(default)]
+    pub total_steps: i64,
+    #[serde(default)]
+    pub epochs: i64,
+    #[serde(default)]
+    pub progress: f64,
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+    #[serde(default)]
+    pub last_loss: Option<f64>,
+    #[serde(default)]
+    pub images_per_sec: Option<f64>,
+    #[serde(default)]
+    pub best_knn: Option<f64>,
+    #[serde(default)]
+    pub last_knn: Option<f64>,
+}
+
+impl RunRecord {
+    pub fn from_json(value: serde_json::Value) -> anyhow::Result<RunRecord> {
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// The name, or "run N" for runs started without one.
+    pub fn display_name(&self) -> String {
+        if self.name.trim().is_empty() {
+            format!("run {}", self.id)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+/// The run states, in the order the filter shows them.
+pub const STATES: [&str; 6] = [
+    "queued",
+    "running",
+    "completed",
+    "failed",
+    "cancelled",
+    "interrupted",
+];
+
+/// The states in which the scheduler accepts a resume (the run page shows its button then).
+pub fn resumable_states() -> Vec<&'static str> {
+    RunState::ALL
+        .into_iter()
+        .filter(|s| s.can_resume())
+        .map(RunState::as_str)
+        .collect()
+}
+
+/// The states in which the scheduler accepts a cancel.
+pub fn cancellable_states() -> Vec<&'static str> {
+    RunState::ALL
+        .into_iter()
+        .filter(|s| s.can_cancel())
+        .map(RunState::as_str)
+        .collect()
+}
+
+pub fn can_cancel(state: &str) -> bool {
+    RunState::parse(state).is_some_and(RunState::can_cancel)
+}
+
+pub fn can_resume(state: &str) -> bool {
+    RunState::parse(state).is_some_and(RunState::can_resume)
+}
+
+/// Progress as text; static/app.js `progressText` writes the same.
+pub fn progress_text(run: &RunRecord) -> String {
+    let pct = (run.progress.clamp(0.0, 1.0) * 1000.0).round() / 10.0;
+    // The summary's epoch is 1-based (0 before the first step).
+    let epoch = run.epoch.clamp(0, run.epochs.max(0));
+    let mut text = format!(
+        "{pct:.1} % · epoch {epoch}/{} · step {}/{}",
+        run.epochs, run.step, run.total_steps
+    );
+    if run.state == "running" {
+        if let Some(eta) = run.eta_seconds.filter(|e| e.is_finite()) {
+            text.push_str(&format!(" · ETA {}", format::duration(eta)));
+        }
+    }
+    text
+}
+
+/// Every field a template prints, already formatted.
+pub struct RunView {
+    pub id: i64,
+    pub name: String,
+    pub preset: String,
+    pub dataset: String,
+    pub state: String,
+    pub device: String,
+    pub error: String,
+    pub progress: f64,
+    pub progress_percent: String,
+    pub progress_text: String,
+    pub last_loss: String,
+    pub best_knn: String,
+    pub last_knn: String,
+    pub images_per_sec: String,
+    pub created_at: String,
+    pub created_at_short: String,
+    pub started_at: String,
+    pub started_at_short: String,
+    pub finished_at: String,
+    pub finished_at_short: String,
+}
+
+impl RunView {
+    pub fn new(run: &RunRecord) -> RunView {
+        let time = |t: &Option<String>| t.clone().unwrap_or_default();
+        let short = |t: &Option<String>| t.as_deref().map(format::short_time).unwrap_or_default();
+        let progress = if run.progress.is_finite() {
+            run.progress.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        RunView {
+            id: run.id,
+            name: run.display_name(),
+            preset: run.preset.clone(),
+            dataset: run.dataset.clone(),
+            state: run.state.clone(),
+            device: run.device.clone(),
+            error: run.error.clone().unwrap_or_default(),
+            progress,
+            progress_percent: format!("{:.0}", progress * 100.0),
+            progress_text: progress_text(run),
+            last_loss: format::opt_num(run.last_loss),
+            best_knn: format::opt_percent(run.best_knn),
+            last_knn: format::opt_percent(run.last_knn),
+            images_per_sec: format::opt_fixed(run.images_per_sec, 1),
+            created_at: run.created_at.clone(),
+            created_at_short: format::short_time(&run.created_at),
+            started_at: time(&run.started_at),
+            started_at_short: short(&run.started_at),
+            finished_at: time(&run.finished_at),
+            finished_at_short: short(&run.finished_at),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(state: &str) -> RunRecord {
+        RunRecord::from_json(serde_json::json!({
+            "id": 7, "name": "", "preset": "cifar", "dataset": "synthetic", "state": state,
+            "device": "cpu", "error": null, "created_at": "2026-01-02T03:04:05Z",
+            "started_at": "2026-01-02T03:04:06Z", "finished_at": null, "step": 30, "epoch": 2,
+            "total_steps": 120, "epochs": 4, "progress": 0.25, "eta_seconds": 95.0,
+            "last_loss": 6.123456, "images_per_sec": 812.345, "best_knn": 41.5, "last_knn": null
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_running_run_shows_progress_and_eta() {
+        let v = RunView::new(&record("running"));
+        assert_eq!(v.name, "run 7");
+        assert_eq!(
+            v.progress_text,
+            "25.0 % · epoch 2/4 · step 30/120 · ETA 1 min 35 s"
+        );
+        assert_eq!(v.last_loss, "6.123");
+        assert_eq!(v.best_knn, "41.50 %");
+        assert_eq!(v.last_knn, "—");
+        assert_eq!(v.images_per_sec, "812.3");
+        assert_eq!(v.started_at_short, "2026-01-02 03:04:06 UTC");
+        assert_eq!(v.finished_at, "");
+    }
+
+    #[test]
+    fn actions_follow_the_scheduler_rules() {
+        assert!(can_cancel("running") && can_cancel("queued") && can_cancel("interrupted"));
+        assert!(!can_cancel("completed"));
+        assert!(can_resume("failed") && can_resume("cancelled") && !can_resume("running"));
+        assert_eq!(
+            resumable_states(),
+            vec!["failed", "cancelled", "interrupted"]
+        );
+    }
+
+    #[test]
+    fn a_finished_run_has_no_eta() {
+        let v = RunView::new(&record("completed"));
+        assert_eq!(v.progress_text, "25.0 % · epoch 2/4 · step 30/120");
+    }
+}

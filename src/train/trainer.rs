@@ -1,0 +1,557 @@
+//! The training loop: data → two views → MoCo step → SGD → enqueue, with metrics read from the
+//! device only every `metrics_every` steps, kNN monitoring, checkpoints and failure detection.
+use super::checkpoint::{self, EncoderMetadata, TrainingState};
+use super::events::{metric, LogLevel, MetricRecord, Observer, RunOutcome, TrainEvent};
+use super::knn::weighted_knn_top1;
+use super::optim::FlatSgd;
+use super::schedule::Schedule;
+use super::stop::{StopFlag, StopRequest};
+use crate::config::{describe_errors, KnnFeatures, RunConfig};
+use crate::data::{Augmenter, Dataset, DatasetSplits, Loader, LoaderOptions};
+use crate::moco::model::{scalar_zero, MocoModel};
+use anyhow::{anyhow, bail, Context};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+/// Everything one training call needs.
+pub struct TrainRequest {
+    pub config: RunConfig,
+    /// Relative dataset paths are resolved against this directory.
+    pub data_dir: PathBuf,
+    /// Checkpoints and the encoder export are written here.
+    pub run_dir: PathBuf,
+    pub device: Device,
+    pub stop: StopFlag,
+    /// A full checkpoint to continue from.
+    pub resume_from: Option<PathBuf>,
+}
+
+/// Loss and logit statistics summed on the device between two metric reads.
+struct Accumulator {
+    loss: Tensor,
+    top1: Tensor,
+    pos: Tensor,
+    neg: Tensor,
+    neg_max: Tensor,
+    steps: i64,
+    images: i64,
+    data_wait: Duration,
+    since: Instant,
+}
+
+impl Accumulator {
+    fn new(device: Device) -> Self {
+        Accumulator {
+            loss: scalar_zero(device),
+            top1: scalar_zero(device),
+            pos: scalar_zero(device),
+            neg: scalar_zero(device),
+            neg_max: scalar_zero(device) - f64::INFINITY,
+            steps: 0,
+            images: 0,
+            data_wait: Duration::ZERO,
+            since: Instant::now(),
+        }
+    }
+}
+
+/// Runs (or resumes) a MoCo training run to completion, cancellation, interruption or failure.
+pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::Result<RunOutcome> {
+    let cfg = &req.config;
+    cfg.validate()
+        .map_err(|errors| anyhow!("invalid configuration:\n{}", describe_errors(&errors)))?;
+    let device = req.device;
+    let splits = crate::data::open_splits(&cfg.dataset, &req.data_dir)
+        .with_context(|| format!("cannot open the dataset {}", cfg.dataset.label()))?;
+    let train_len = splits.train.len();
+    let batch = cfg.batch_size as usize;
+    let steps_per_epoch = (train_len / batch) as i64;
+    if steps_per_epoch == 0 {
+        bail!(
+            "the dataset has {train_len} training images, fewer than one batch of {batch}: \
+             lower batch_size"
+        );
+    }
+    let total_steps = steps_per_epoch * cfg.epochs;
+
+    tch::manual_seed(cfg.seed as i64);
+    let mut model = MocoModel::new(cfg, device);
+    let mut optimizer = FlatSgd::new(
+        &model.query.store,
+        cfg.sgd_momentum,
+        cfg.weight_decay,
+        cfg.wd_exclude_bn_bias,
+    );
+    let mut state = TrainingState {
+        epoch: 0,
+        batch_in_epoch: 0,
+        step: 0,
+        queue_ptr: 0,
+        best_knn: None,
+        last_knn: None,
+        mean: splits.mean,
+        std: splits.std,
+        config: cfg.clone(),
+    };
+    if let Some(path) = &req.resume_from {
+        let ckpt = checkpoint::load_full(path, device)?;
+        check_resumable(&ckpt.state.config, cfg)?;
+        let buffer = ckpt.restore(&mut model)?;
+        let _guard = tch::no_grad_guard();
+        optimizer.buffer.copy_(&buffer);
+        state = TrainingState {
+            config: cfg.clone(),
+            ..ckpt.state
+        };
+        observer.on_event(TrainEvent::Log {
+            level: LogLevel::Info,
+            message: format!(
+                "resumed from {} at epoch {}, step {}",
+                path.file_name().unwrap_or_default().to_string_lossy(),
+                state.epoch,
+                state.step
+            ),
+        });
+    }
+
+    let schedule = Schedule::new(cfg, steps_per_epoch);
+    let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, splits.mean, splits.std);
+    observer.on_event(TrainEvent::Started {
+        device: device_name(device),
+        start_step: state.step,
+        start_epoch: state.epoch,
+        steps_per_epoch,
+        total_steps,
+        train_images: train_len,
+        parameters: model.query.store.num_parameters(),
+    });
+
+    let threads = if cfg.loader_threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        cfg.loader_threads
+    };
+    let mut acc = Accumulator::new(device);
+    while state.epoch < cfg.epochs {
+        let loader = Loader::new(
+            splits.train.clone(),
+            LoaderOptions {
+                batch_size: batch,
+                shuffle: true,
+                drop_last: true,
+                seed: cfg.seed,
+                epoch: state.epoch as u64,
+                start_batch: state.batch_in_epoch as usize,
+                prefetch: cfg.prefetch,
+                threads,
+                device,
+            },
+        );
+        let mut loader = loader;
+        while state.batch_in_epoch < steps_per_epoch {
+            match req.stop.get() {
+                StopRequest::None => {}
+                stop => {
+                    drop(loader);
+                    return stop_run(req, &model, &optimizer, &state, stop, observer);
+                }
+            }
+            let wait_start = Instant::now();
+            let batch = loader
+                .next()
+                .context("the loader ended before the epoch did")?
+                .context("cannot load a batch")?;
+            acc.data_wait += wait_start.elapsed();
+
+            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+            rng.set_stream(state.step as u64);
+            let (x1, x2) = augmenter.two_views(&batch.images, &mut rng);
+            let lr = schedule.lr(state.step);
+            let m = schedule.momentum(state.step);
+            let out = model.forward_step(&x1, &x2, m, &mut rng);
+            model.query.store.zero_grad();
+            out.loss.backward();
+            optimizer.step(&model.query.store, lr);
+            model.queue.enqueue(&out.keys, state.step + 1);
+
+            {
+                let _guard = tch::no_grad_guard();
+                let terms = out.terms.len() as f64;
+                acc.loss += out.loss.detach();
+                for t in &out.terms {
+                    acc.top1 += t.top1() / terms;
+                    acc.pos += t.l_pos.mean(Kind::Float) / terms;
+                    acc.neg += t.l_neg.mean(Kind::Float) / terms;
+                    acc.neg_max = acc.neg_max.maximum(&t.l_neg.max());
+                }
+            }
+            acc.steps += 1;
+            acc.images += batch.labels.size()[0];
+            state.step += 1;
+            state.batch_in_epoch += 1;
+            state.queue_ptr = model.queue.ptr;
+
+            let epoch_end = state.batch_in_epoch == steps_per_epoch;
+            if state.step % cfg.metrics_every == 0 || epoch_end {
+                let record = read_metrics(&model, &mut acc, &state, lr, m);
+                let values = record.values.clone();
+                observer.on_event(TrainEvent::Metrics(record));
+                acc = Accumulator::new(device);
+                if let Some(reason) = failure_reason(&values, cfg, state.step) {
+                    observer.on_event(TrainEvent::Log {
+                        level: LogLevel::Error,
+                        message: reason.clone(),
+                    });
+                    return Ok(RunOutcome::Failed {
+                        step: state.step,
+                        reason,
+                    });
+                }
+            }
+        }
+        drop(loader);
+        state.epoch += 1;
+        state.batch_in_epoch = 0;
+        let last_epoch = state.epoch == cfg.epochs;
+
+        if cfg.knn_every > 0 && (state.epoch % cfg.knn_every == 0 || last_epoch) {
+            let top1 = knn_monitor(&model, &splits, &augmenter, cfg, device, threads)?;
+            state.last_knn = Some(top1);
+            state.best_knn = Some(state.best_knn.map_or(top1, |b| b.max(top1)));
+            observer.on_event(TrainEvent::Evaluation {
+                epoch: state.epoch,
+                step: state.step,
+                knn_top1: top1,
+                features: match cfg.knn_features {
+                    KnnFeatures::Backbone => "backbone".into(),
+                    KnnFeatures::Head => "head".into(),
+                },
+            });
+        }
+        let periodic = cfg.checkpoint_every > 0 && state.epoch % cfg.checkpoint_every == 0;
+        if periodic || last_epoch {
+            let info = checkpoint::save_full(
+                &full_checkpoint_path(&req.run_dir, &state),
+                &model,
+                &optimizer.buffer,
+                &state,
+            )?;
+            observer.on_event(TrainEvent::CheckpointSaved(info));
+        }
+    }
+    let info = export_encoder(&req.run_dir, &model, &state)?;
+    observer.on_event(TrainEvent::CheckpointSaved(info));
+    Ok(RunOutcome::Completed {
+        step: state.step,
+        final_knn_top1: state.last_knn,
+    })
+}
+
+/// Saves a full checkpoint (and the encoder so far) and reports how the run stopped.
+fn stop_run(
+    req: &TrainRequest,
+    model: &MocoModel,
+    optimizer: &FlatSgd,
+    state: &TrainingState,
+    stop: StopRequest,
+    observer: &mut dyn Observer,
+) -> anyhow::Result<RunOutcome> {
+    let info = checkpoint::save_full(
+        &full_checkpoint_path(&req.run_dir, state),
+        model,
+        &optimizer.buffer,
+        state,
+    )?;
+    observer.on_event(TrainEvent::CheckpointSaved(info));
+    Ok(match stop {
+        StopRequest::Interrupt => RunOutcome::Interrupted { step: state.step },
+        _ => RunOutcome::Cancelled { step: state.step },
+    })
+}
+
+fn full_checkpoint_path(run_dir: &Path, state: &TrainingState) -> PathBuf {
+    run_dir.join(format!(
+        "checkpoint-epoch{:04}-step{:08}.ckpt.safetensors",
+        state.epoch, state.step
+    ))
+}
+
+/// Writes `encoder-epochNNNN.safetensors` for the query backbone in `run_dir`.
+pub fn export_encoder(
+    run_dir: &Path,
+    model: &MocoModel,
+    state: &TrainingState,
+) -> anyhow::Result<super::events::CheckpointInfo> {
+    checkpoint::export_encoder(
+        &run_dir.join(format!("encoder-epoch{:04}.safetensors", state.epoch)),
+        model,
+        &encoder_metadata(state),
+    )
+}
+
+fn encoder_metadata(state: &TrainingState) -> EncoderMetadata {
+    let cfg = &state.config;
+    EncoderMetadata {
+        arch: cfg.arch.name().into(),
+        stem: match cfg.stem {
+            crate::config::Stem::Imagenet => "imagenet".into(),
+            crate::config::Stem::Cifar => "cifar".into(),
+        },
+        width: cfg.width,
+        feature_dim: cfg.feature_dim(),
+        dim: cfg.dim,
+        image_size: cfg.image_size,
+        mean: state.mean,
+        std: state.std,
+        preset: cfg.preset.name().into(),
+        epoch: state.epoch,
+        step: state.step,
+    }
+}
+
+/// A resume must continue the same model and queue; only settings that do not change the state's
+/// shape or meaning may differ (epochs may grow, the device and monitoring may change).
+fn check_resumable(saved: &RunConfig, now: &RunConfig) -> anyhow::Result<()> {
+    let shape = |c: &RunConfig| {
+        (
+            c.arch,
+            c.stem,
+            c.width,
+            c.head,
+            c.head_hidden_dim(),
+            c.dim,
+            c.queue_size,
+            c.batch_size,
+            c.symmetric,
+            c.dataset.clone(),
+        )
+    };
+    if shape(saved) != shape(now) {
+        bail!(
+            "the checkpoint was trained with a different model, queue, batch size or dataset \
+             than this config; resume with the config it was saved with"
+        );
+    }
+    Ok(())
+}
+
+fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads the accumulated statistics and the queue state in one transfer from the device.
+fn read_metrics(
+    model: &MocoModel,
+    acc: &mut Accumulator,
+    state: &TrainingState,
+    lr: f64,
+    m: f64,
+) -> MetricRecord {
+    let q = model.queue.stats(state.step);
+    let steps = acc.steps.max(1) as f64;
+    let stacked = Tensor::stack(
+        &[
+            &acc.loss / steps,
+            &acc.top1 / steps,
+            &acc.pos / steps,
+            &acc.neg / steps,
+            acc.neg_max.shallow_clone(),
+            q.fill,
+            q.age_mean,
+            q.age_max,
+            q.similarity,
+            model.drift(),
+        ]
+        .map(|t| t.to_kind(Kind::Double)),
+        0,
+    )
+    .to_device(Device::Cpu);
+    let v: Vec<f64> = Vec::try_from(&stacked).unwrap_or_default();
+    let elapsed = acc.since.elapsed().as_secs_f64().max(1e-9);
+    let mut values = BTreeMap::new();
+    let names = [
+        metric::LOSS,
+        metric::TOP1,
+        metric::POS_LOGIT,
+        metric::NEG_LOGIT,
+        metric::NEG_LOGIT_MAX,
+        metric::QUEUE_FILL,
+        metric::KEY_AGE_MEAN,
+        metric::KEY_AGE_MAX,
+        metric::QUEUE_SIMILARITY,
+        metric::DRIFT,
+    ];
+    for (name, value) in names.iter().zip(v) {
+        values.insert(name.to_string(), value);
+    }
+    values.insert(metric::LR.into(), lr);
+    values.insert(metric::MOMENTUM.into(), m);
+    values.insert(metric::QUEUE_PTR.into(), model.queue.ptr as f64);
+    values.insert(metric::IMAGES_PER_SEC.into(), acc.images as f64 / elapsed);
+    values.insert(
+        metric::DATA_WAIT_MS.into(),
+        acc.data_wait.as_secs_f64() * 1000.0 / steps,
+    );
+    MetricRecord {
+        step: state.step,
+        epoch: state.epoch,
+        values,
+    }
+}
+
+/// Why the run must stop as failed, if it must: a non-finite loss, or a collapsed representation
+/// (the queue, once full of real keys, holds nearly identical vectors).
+fn failure_reason(values: &BTreeMap<String, f64>, cfg: &RunConfig, step: i64) -> Option<String> {
+    let loss = values.get(metric::LOSS).copied().unwrap_or(f64::NAN);
+    if !loss.is_finite() {
+        return Some(format!(
+            "training diverged: the loss became {loss} at step {step}. Lower base_lr (now {}), \
+             or check the data",
+            cfg.base_lr
+        ));
+    }
+    let fill = values.get(metric::QUEUE_FILL).copied().unwrap_or(0.0);
+    let similarity = values.get(metric::QUEUE_SIMILARITY).copied().unwrap_or(0.0);
+    if fill >= 1.0 && similarity > cfg.collapse_threshold {
+        let hint = if cfg.momentum < 0.5 {
+            format!(
+                " With momentum m = {} the key encoder follows the query encoder too quickly \
+                 and its keys stop being consistent; MoCo needs m close to 1 (0.99–0.999).",
+                cfg.momentum
+            )
+        } else {
+            String::new()
+        };
+        return Some(format!(
+            "the representation collapsed: the mean similarity of the keys in the queue reached \
+             {similarity:.4} (threshold {}) at step {step}, so every image maps to nearly the \
+             same vector.{hint}",
+            cfg.collapse_threshold
+        ));
+    }
+    None
+}
+
+/// Features of a whole split under the eval transform, with their labels (unlabeled images
+/// dropped), at most `limit` images (0 = all).
+fn split_features(
+    model: &MocoModel,
+    dataset: &Arc<dyn Dataset>,
+    augmenter: &Augmenter,
+    from_head: bool,
+    device: Device,
+    threads: usize,
+    limit: usize,
+) -> anyhow::Result<(Tensor, Tensor)> {
+    let loader = Loader::new(
+        dataset.clone(),
+        LoaderOptions {
+            batch_size: 256,
+            shuffle: false,
+            drop_last: false,
+            seed: 0,
+            epoch: 0,
+            start_batch: 0,
+            prefetch: 2,
+            threads,
+            device,
+        },
+    );
+    let mut features = Vec::new();
+    let mut labels = Vec::new();
+    let mut seen = 0;
+    for batch in loader {
+        let batch = batch?;
+        let x = augmenter.eval_view(&batch.images);
+        features.push(model.features(&x, from_head));
+        labels.push(batch.labels);
+        seen += batch.indices.len();
+        if limit > 0 && seen >= limit {
+            break;
+        }
+    }
+    if features.is_empty() {
+        bail!("the split has no images");
+    }
+    let mut features = Tensor::cat(&features, 0);
+    let mut labels = Tensor::cat(&labels, 0);
+    if limit > 0 && (labels.size()[0] as usize) > limit {
+        features = features.narrow(0, 0, limit as i64);
+        labels = labels.narrow(0, 0, limit as i64);
+    }
+    let keep = labels.ge(0).nonzero().squeeze_dim(1);
+    Ok((
+        features.index_select(0, &keep),
+        labels.index_select(0, &keep),
+    ))
+}
+
+/// Weighted kNN top-1 of the query encoder: bank = training split, queries = held-out split.
+fn knn_monitor(
+    model: &MocoModel,
+    splits: &DatasetSplits,
+    augmenter: &Augmenter,
+    cfg: &RunConfig,
+    device: Device,
+    threads: usize,
+) -> anyhow::Result<f64> {
+    let from_head = cfg.knn_features == KnnFeatures::Head;
+    let (bank, bank_labels) = split_features(
+        model,
+        &splits.train,
+        augmenter,
+        from_head,
+        device,
+        threads,
+        cfg.knn_bank_limit,
+    )?;
+    let (queries, query_labels) = split_features(
+        model,
+        &splits.test,
+        augmenter,
+        from_head,
+        device,
+        threads,
+        0,
+    )?;
+    let classes = splits.train.class_names().len().max(1) as i64;
+    Ok(weighted_knn_top1(
+        &bank,
+        &bank_labels,
+        &queries,
+        &query_labels,
+        classes,
+        cfg.knn_k,
+        cfg.knn_t,
+    ))
+}
+
+/// kNN top-1 of a freshly initialised (untrained) encoder for `cfg`: the baseline a trained one
+/// must beat.
+pub fn random_init_knn(cfg: &RunConfig, data_dir: &Path, device: Device) -> anyhow::Result<f64> {
+    let splits = crate::data::open_splits(&cfg.dataset, data_dir)?;
+    tch::manual_seed(cfg.seed as i64);
+    let model = MocoModel::new(cfg, device);
+    let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, splits.mean, splits.std);
+    knn_monitor(&model, &splits, &augmenter, cfg, device, 2)
+}
+
+/// Turns a full checkpoint into an encoder export at `out` (`moco-server export`).
+pub fn export_from_checkpoint(
+    checkpoint_path: &Path,
+    out: &Path,
+) -> anyhow::Result<super::events::CheckpointInfo> {
+    let ckpt = checkpoint::load_full(checkpoint_path, Device::Cpu)?;
+    let mut model = MocoModel::new(&ckpt.state.config, Device::Cpu);
+    let _optimizer_buffer = ckpt.restore(&mut model)?;
+    checkpoint::export_encoder(out, &model, &encoder_metadata(&ckpt.state))
+}

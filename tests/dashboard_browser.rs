@@ -1,0 +1,360 @@
+//! The dashboard in a real browser: headless Chromium (through chromedriver) drives the real server
+//! on 127.0.0.1:0 with a fresh data directory. A tiny run is started from the form on the built-in
+//! dataset, followed live to completion, its encoder downloaded through the page's link and
+//! compared byte for byte with the file on disk; a bad form comes back with the error beside its
+//! field. Screenshots are kept under target/test-artifacts/.
+mod dashboard_support;
+
+use dashboard_support::{Browser, Server};
+use fantoccini::Locator;
+use std::time::Duration;
+
+/// Records every text the run page's state badge shows, from the first paint on (installed before
+/// any page script runs, so no transition is missed).
+const STATE_RECORDER: &str = r#"
+window.__states = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const badge = document.getElementById("run-state");
+  if (!badge) return;
+  const record = () => {
+    const t = badge.textContent.trim();
+    if (window.__states[window.__states.length - 1] !== t) window.__states.push(t);
+  };
+  record();
+  new MutationObserver(record).observe(badge, { childList: true, characterData: true, subtree: true });
+});
+"#;
+
+/// The tiny CPU run: (input id, value). ResNet-18 at width 8 on 128 synthetic images, 2 epochs of
+/// 4 steps, metrics every step and kNN every epoch.
+const TINY_RUN: &[(&str, &str)] = &[
+    ("f-name", "browser-tiny"),
+    ("f-epochs", "2"),
+    ("f-batch_size", "32"),
+    ("f-device", "cpu"),
+    ("f-width", "8"),
+    ("f-queue_size", "256"),
+    ("f-shuffle_bn_splits", "2"),
+    ("f-dataset-synthetic_train", "128"),
+    ("f-dataset-synthetic_test", "64"),
+    ("f-metrics_every", "1"),
+    ("f-knn_every", "1"),
+];
+
+async fn fill(b: &Browser, fields: &[(&str, &str)]) {
+    for (id, value) in fields {
+        b.set_value(&format!("#{id}"), value).await;
+    }
+}
+
+fn run_id_from(url: &str) -> i64 {
+    url.rsplit('/')
+        .next()
+        .and_then(|s| s.split('?').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a run page: {url}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let b = Browser::start().await;
+    b.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": STATE_RECORDER }),
+    )
+    .await;
+
+    // An empty list says so and offers the form.
+    b.goto(&server.at("/")).await;
+    assert!(
+        b.text("#runs-empty").await.contains("No runs yet"),
+        "empty runs page"
+    );
+    b.screenshot("dashboard-01-runs-empty").await;
+
+    // The form: preset cifar, the tiny settings (most under "Advanced settings").
+    b.goto(&server.at("/runs/new")).await;
+    b.client
+        .find(Locator::Css("#f-preset"))
+        .await
+        .unwrap()
+        .select_by_value("v1")
+        .await
+        .unwrap();
+    // Picking a preset fills its defaults (v1: T = 0.07, K = 65536) ...
+    let value = |id: &'static str| {
+        let b = &b;
+        async move {
+            b.client
+                .find(Locator::Id(id))
+                .await
+                .unwrap()
+                .prop("value")
+                .await
+                .unwrap()
+                .unwrap_or_default()
+        }
+    };
+    assert_eq!(value("f-temperature").await, "0.07");
+    assert_eq!(value("f-queue_size").await, "65536");
+    b.client
+        .find(Locator::Css("#f-preset"))
+        .await
+        .unwrap()
+        .select_by_value("cifar")
+        .await
+        .unwrap();
+    assert_eq!(value("f-temperature").await, "0.1");
+    assert_eq!(value("f-momentum").await, "0.99");
+    b.client
+        .find(Locator::Css("details.advanced > summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    fill(&b, TINY_RUN).await;
+    // The derived values follow the inputs: 0.06 × 32 / 512, and K = 8 × 32.
+    assert_eq!(b.text("#effective-lr").await, "0.00375");
+    let rule = b.text("#queue-rule").await;
+    assert!(
+        rule.starts_with("✓ queue_size 256 = 8 × batch_size = 32"),
+        "{rule}"
+    );
+    b.screenshot_full("dashboard-02-new-run-filled", 1280).await;
+    b.client
+        .find(Locator::Id("start-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+
+    // The run page: it becomes running, the loss chart fills, it completes.
+    let url = b
+        .wait_until("the run page", Duration::from_secs(30), || async {
+            let url = b.client.current_url().await.ok()?.to_string();
+            url.contains("/runs/")
+                .then_some(url)
+                .filter(|u| !u.ends_with("/new"))
+        })
+        .await;
+    let run_id = run_id_from(&url);
+    let title = b.text("h1").await;
+    assert!(
+        title.contains(&format!("browser-tiny #{run_id}")),
+        "{title}"
+    );
+    let loss_points = b
+        .wait_until(
+            "loss points on the chart",
+            Duration::from_secs(180),
+            || async {
+                let n = b
+                    .client
+                    .find(Locator::Id("chart-loss"))
+                    .await
+                    .ok()?
+                    .attr("data-points")
+                    .await
+                    .ok()??
+                    .parse::<usize>()
+                    .ok()?;
+                (n > 0).then_some(n)
+            },
+        )
+        .await;
+    assert!(loss_points >= 1);
+    b.screenshot("dashboard-03-run-live").await;
+    b.wait_until("the run to complete", Duration::from_secs(300), || async {
+        let state = b.text("#run-state").await;
+        assert_ne!(
+            state,
+            "failed",
+            "the tiny run failed: {}",
+            b.text("#run-error").await
+        );
+        (state == "completed").then_some(())
+    })
+    .await;
+    let states: Vec<String> =
+        serde_json::from_value(b.js("return window.__states;").await).unwrap();
+    assert!(
+        states.contains(&"running".to_string()),
+        "the badge never showed running: {states:?}"
+    );
+    assert_eq!(states.last().map(String::as_str), Some("completed"));
+    // 2 epochs × 4 steps, a loss value every step; the kNN monitor after each epoch.
+    b.wait_until("all 8 loss points", Duration::from_secs(30), || async {
+        let n: usize = b
+            .client
+            .find(Locator::Id("chart-loss"))
+            .await
+            .ok()?
+            .attr("data-points")
+            .await
+            .ok()??
+            .parse()
+            .ok()?;
+        (n == 8).then_some(())
+    })
+    .await;
+    b.wait_until("2 kNN points", Duration::from_secs(30), || async {
+        let n: usize = b
+            .client
+            .find(Locator::Id("chart-knn"))
+            .await
+            .ok()?
+            .attr("data-points")
+            .await
+            .ok()??
+            .parse()
+            .ok()?;
+        (n == 2).then_some(())
+    })
+    .await;
+    let progress = b.text("#run-progress .progress-text").await;
+    assert!(
+        progress.starts_with("100.0 % · epoch 2/2 · step 8/8"),
+        "{progress}"
+    );
+    // Nothing to cancel any more; the finished run can be used as a template.
+    let cancel_shown = b
+        .client
+        .find(Locator::Id("cancel-form"))
+        .await
+        .unwrap()
+        .is_displayed()
+        .await
+        .unwrap();
+    assert!(!cancel_shown, "a completed run offers to cancel");
+
+    // The encoder, downloaded through the page's link, is the file on disk.
+    let link = b
+        .wait_until(
+            "the encoder download link",
+            Duration::from_secs(30),
+            || async { b.client.find(Locator::Css("a.download-encoder")).await.ok() },
+        )
+        .await;
+    let href = link.attr("href").await.unwrap().unwrap();
+    let ckpt_id: i64 = href
+        .trim_end_matches("/download")
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    b.screenshot_full("dashboard-04-run-completed", 1280).await;
+    link.click().await.unwrap();
+    let downloaded = b
+        .wait_until("the encoder download", Duration::from_secs(60), || async {
+            let entries: Vec<_> = std::fs::read_dir(&b.downloads).ok()?.flatten().collect();
+            let done = entries.iter().find(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.ends_with(".safetensors")
+            })?;
+            // Chromium renames the file when it is complete; no partial download remains.
+            entries
+                .iter()
+                .all(|e| !e.file_name().to_string_lossy().ends_with(".crdownload"))
+                .then(|| done.path())
+        })
+        .await;
+    let pool = moco_server::db::open(&server.data_dir.join("moco.sqlite"))
+        .await
+        .unwrap();
+    let (rel, kind): (String, String) =
+        sqlx::query_as("SELECT path, kind FROM checkpoints WHERE id = ? AND run_id = ?")
+            .bind(ckpt_id)
+            .bind(run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kind, "encoder");
+    let on_disk = std::fs::read(server.data_dir.join(&rel)).unwrap();
+    let got = std::fs::read(&downloaded).unwrap();
+    assert!(on_disk.len() > 1000, "encoder of {} bytes", on_disk.len());
+    assert!(got == on_disk, "the downloaded encoder differs from {rel}");
+
+    // The list shows the finished run.
+    b.goto(&server.at("/")).await;
+    let row = format!("tr[data-run-id=\"{run_id}\"]");
+    assert_eq!(
+        b.text(&format!("{row} [data-field=state]")).await,
+        "completed"
+    );
+    let knn = b.text(&format!("{row} [data-field=best_knn]")).await;
+    assert!(knn.ends_with(" %"), "best kNN {knn:?}");
+    b.screenshot("dashboard-05-runs").await;
+
+    // A bad form: K not a multiple of the batch. The error sits beside queue_size, the typed
+    // values are kept, and nothing is stored.
+    b.goto(&server.at("/runs/new")).await;
+    b.client
+        .find(Locator::Css("details.advanced > summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    fill(
+        &b,
+        &[
+            ("f-name", "bad-queue"),
+            ("f-batch_size", "256"),
+            ("f-queue_size", "1000"),
+        ],
+    )
+    .await;
+    let rule = b.text("#queue-rule").await;
+    assert!(
+        rule.starts_with("✗ queue_size 1000 is not a multiple"),
+        "{rule}"
+    );
+    b.client
+        .find(Locator::Id("start-run"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let error = b
+        .wait_until("the queue_size error", Duration::from_secs(30), || async {
+            b.client
+                .find(Locator::Css("#field-f-queue_size .error"))
+                .await
+                .ok()
+        })
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        error.contains("queue_size 1000 must be a multiple"),
+        "{error}"
+    );
+    assert_eq!(value("f-queue_size").await, "1000");
+    assert_eq!(value("f-name").await, "bad-queue");
+    assert!(b
+        .text("#form-errors")
+        .await
+        .contains("The run was not started"));
+    assert!(b
+        .client
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/runs/new"));
+    b.screenshot_full("dashboard-06-form-error", 1280).await;
+    let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "the bad form stored a run");
+
+    b.client.clone().close().await.unwrap();
+}

@@ -1,0 +1,432 @@
+//! The dashboard's pages over plain HTTP (no browser, no JavaScript): the real server on
+//! 127.0.0.1:0 with a fresh data directory. Lists, forms, errors and tables are server-rendered, so
+//! everything here is what a user without JavaScript gets.
+mod dashboard_support;
+
+use dashboard_support::Server;
+use reqwest::redirect::Policy;
+use reqwest::StatusCode;
+use std::time::{Duration, Instant};
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn get(url: &str) -> (StatusCode, String) {
+    let res = client().get(url).send().await.unwrap();
+    let status = res.status();
+    (status, res.text().await.unwrap())
+}
+
+async fn post_form(url: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    client().post(url).form(fields).send().await.unwrap()
+}
+
+/// The form of a tiny CPU run on the built-in dataset (seconds to train).
+fn tiny(name: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("preset", "cifar"),
+        ("name", name),
+        ("dataset", "synthetic"),
+        ("epochs", "1"),
+        ("batch_size", "32"),
+        ("device", "cpu"),
+        ("width", "8"),
+        ("queue_size", "256"),
+        ("shuffle_bn_splits", "2"),
+        ("dataset.synthetic_train", "128"),
+        ("dataset.synthetic_test", "64"),
+        ("metrics_every", "1"),
+        ("knn_every", "1"),
+    ]
+}
+
+/// The HTML of the form field (or any element) whose opening tag carries `id="…"`, up to the
+/// next field.
+fn field_html<'a>(html: &'a str, id: &str) -> &'a str {
+    let start = html
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element with id {id}"));
+    let rest = &html[start..];
+    let end = rest[1..]
+        .find("<div class=\"field")
+        .map(|e| e + 1)
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Every value of `attr="…"` in the tags named `tag`.
+fn attrs(html: &str, tag: &str, attr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for piece in html.split(&format!("<{tag} ")).skip(1) {
+        let tag_text = &piece[..piece.find('>').unwrap_or(piece.len())];
+        if let Some(i) = tag_text.find(&format!(" {attr}=\"")) {
+            let v = &tag_text[i + attr.len() + 3..];
+            out.push(v[..v.find('"').unwrap()].to_string());
+        } else if tag_text.starts_with(&format!("{attr}=\"")) {
+            let v = &tag_text[attr.len() + 2..];
+            out.push(v[..v.find('"').unwrap()].to_string());
+        }
+    }
+    out
+}
+
+async fn run_json(server: &Server, id: i64) -> serde_json::Value {
+    client()
+        .get(server.at(&format!("/api/runs/{id}")))
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["run"]
+        .clone()
+}
+
+async fn wait_for_state(server: &Server, id: i64, wanted: &[&str]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let run = run_json(server, id).await;
+        let state = run["state"].as_str().unwrap().to_string();
+        if wanted.contains(&state.as_str()) {
+            return run;
+        }
+        assert_ne!(state, "failed", "run {id} failed: {}", run["error"]);
+        assert!(
+            Instant::now() < deadline,
+            "run {id} stayed {state}, waiting for {wanted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn count_runs(server: &Server) -> usize {
+    let body: serde_json::Value = client()
+        .get(server.at("/api/runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["runs"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn static_files_are_embedded_and_cached_by_etag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let res = client()
+        .get(server.at("/static/app.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/css; charset=utf-8");
+    let etag = res.headers()["etag"].to_str().unwrap().to_string();
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("prefers-color-scheme: dark"));
+    let again = client()
+        .get(server.at("/static/app.css"))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+
+    let (status, uplot) = get(&server.at("/static/vendor/uplot/uPlot.iife.min.js")).await;
+    assert_eq!(status, 200);
+    assert!(uplot.contains("uPlot"), "uPlot is vendored");
+    let (status, license) = get(&server.at("/static/vendor/uplot/LICENSE")).await;
+    assert_eq!(status, 200);
+    assert!(license.contains("The MIT License"), "{license}");
+    // Only the embedded files exist: no path reaches the filesystem.
+    for bad in [
+        "/static/nope.js",
+        "/static/../Cargo.toml",
+        "/static/%2e%2e/Cargo.toml",
+        "/static/vendor",
+    ] {
+        let (status, _) = get(&server.at(bad)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+    }
+    // Pages reference no other host: they work offline.
+    for page in ["/", "/runs/new"] {
+        let (_, html) = get(&server.at(page)).await;
+        for src in attrs(&html, "script", "src")
+            .into_iter()
+            .chain(attrs(&html, "link", "href"))
+        {
+            assert!(src.starts_with("/static/"), "{page} loads {src}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_form_validates_keeps_values_and_starts_a_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+
+    // Every input is labelled; every engine setting has one.
+    let (status, html) = get(&server.at("/runs/new")).await;
+    assert_eq!(status, 200);
+    let labels = attrs(&html, "label", "for");
+    let mut ids = attrs(&html, "input", "id");
+    ids.extend(attrs(&html, "select", "id"));
+    assert!(ids.len() > 40, "{} inputs", ids.len());
+    for id in &ids {
+        assert!(labels.contains(id), "input {id} has no label");
+    }
+    let names = attrs(&html, "input", "name");
+    for setting in [
+        "queue_size",
+        "momentum",
+        "temperature",
+        "base_lr",
+        "lr_milestones",
+        "symmetric",
+        "knn_every",
+        "dataset.synthetic_train",
+        "collapse_threshold",
+    ] {
+        assert!(names.iter().any(|n| n == setting), "no input for {setting}");
+    }
+    assert!(html.contains("<details class=\"advanced card\">"));
+    assert!(html.contains("Synthetic shapes (built in)"));
+    // cifar's defaults, the effective lr 0.06 × 512 / 512, the queue rule satisfied.
+    assert!(field_html(&html, "field-f-temperature").contains("value=\"0.1\""));
+    assert!(html.contains(">0.06</output>"));
+    assert!(html.contains("✓ queue_size 4096 = 8 × batch_size = 512."));
+
+    // Without JavaScript a preset's defaults come from ?preset=.
+    let (_, v1) = get(&server.at("/runs/new?preset=v1")).await;
+    assert!(field_html(&v1, "field-f-temperature").contains("value=\"0.07\""));
+    assert!(field_html(&v1, "field-f-queue_size").contains("value=\"65536\""));
+    assert!(field_html(&v1, "field-f-lr_milestones").contains("value=\"0.6, 0.8\""));
+    let (status, body) = get(&server.at("/runs/new?preset=v9")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("Unknown preset"), "{body}");
+
+    // K not a multiple of the batch, and a word for a number: 422, both errors beside their
+    // fields, the typed values kept, the advanced section open, nothing stored.
+    let mut bad = tiny("bad");
+    bad.retain(|(k, _)| !["queue_size", "batch_size", "epochs"].contains(k));
+    bad.extend([
+        ("queue_size", "1000"),
+        ("batch_size", "256"),
+        ("epochs", "two"),
+    ]);
+    let res = post_form(&server.at("/runs/new"), &bad).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    let queue = field_html(&html, "field-f-queue_size");
+    assert!(queue.contains("class=\"error\""), "{queue}");
+    assert!(
+        queue.contains("queue_size 1000 must be a multiple of the keys enqueued per step"),
+        "{queue}"
+    );
+    assert!(queue.contains("value=\"1000\""), "{queue}");
+    assert!(queue.contains("aria-invalid=\"true\""), "{queue}");
+    let epochs = field_html(&html, "field-f-epochs");
+    assert!(
+        epochs.contains("must be a whole number, got &#34;two&#34;")
+            || epochs.contains("must be a whole number, got &quot;two&quot;"),
+        "{epochs}"
+    );
+    assert!(field_html(&html, "field-f-name").contains("value=\"bad\""));
+    assert!(html.contains("<details class=\"advanced card\" open>"));
+    assert!(
+        html.contains("href=\"#f-queue_size\""),
+        "summary links to the field"
+    );
+    assert_eq!(count_runs(&server).await, 0);
+
+    // A dataset path outside the data directory is refused by the server, next to the picker.
+    let mut outside = tiny("outside");
+    outside.retain(|(k, _)| *k != "dataset");
+    outside.push(("dataset", "image_folder:../../etc"));
+    let res = post_form(&server.at("/runs/new"), &outside).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    let picker = field_html(&html, "field-f-dataset");
+    assert!(picker.contains("class=\"error\""), "{picker}");
+    assert!(picker.contains("data directory"), "{picker}");
+    assert_eq!(count_runs(&server).await, 0);
+
+    // A good form: 303 to the new run's page.
+    let res = post_form(&server.at("/runs/new"), &tiny("tiny-http")).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let location = res.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(location, "/runs/1");
+    let (status, page) = get(&server.at(&location)).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("tiny-http"));
+    assert!(page.contains("/api/runs/1/events") || page.contains("data-run-id=\"1\""));
+
+    let run = wait_for_state(&server, 1, &["completed"]).await;
+    assert_eq!(run["step"], 4);
+    let (_, page) = get(&server.at("/runs/1")).await;
+    assert!(
+        page.contains("class=\"badge completed\""),
+        "completed badge"
+    );
+    assert!(page.contains("100.0 % · epoch 1/1 · step 4/4"));
+    // Checkpoints with their download links and sizes, the log, the config.
+    let links = attrs(&page, "a", "href");
+    assert!(
+        links
+            .iter()
+            .any(|l| l.starts_with("/api/runs/1/checkpoints/") && l.ends_with("/download")),
+        "{links:?}"
+    );
+    assert!(page.contains("Download encoder") && page.contains("Download full"));
+    assert!(page.contains("KiB") || page.contains("MiB"));
+    assert!(page.contains("state: completed"), "the log shows the end");
+    assert!(page.contains("kNN top-1 after epoch 1:"));
+    assert!(page.contains("<th scope=\"row\">queue_size</th><td>256</td>"));
+    // Nothing to cancel; the run cannot be resumed either.
+    assert!(page.contains("id=\"cancel-form\" hidden"));
+    assert!(page.contains("id=\"resume-form\" hidden"));
+
+    // The augmentation preview is a real picture of this run's views.
+    let res = client()
+        .get(server.at("/runs/1/augment-preview.png"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "image/png");
+    let png = res.bytes().await.unwrap();
+    let img = image::load_from_memory(&png).unwrap();
+    assert!(
+        img.width() >= 96 && img.height() >= 96,
+        "{}×{}",
+        img.width(),
+        img.height()
+    );
+
+    // "New run from these settings" starts from the run's config.
+    let (_, copy) = get(&server.at("/runs/new?from=1")).await;
+    assert!(field_html(&copy, "field-f-name").contains("value=\"tiny-http (copy)\""));
+    assert!(field_html(&copy, "field-f-width").contains("value=\"8\""));
+    assert!(copy.contains("Settings copied from run #1"));
+
+    // Unknown runs are 404 pages.
+    for path in [
+        "/runs/99",
+        "/runs/abc",
+        "/runs/99/augment-preview.png",
+        "/runs/new?from=99",
+    ] {
+        let (status, body) = get(&server.at(path)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(body.contains("There is no run"), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn runs_list_filters_sorts_compares_and_cancels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path());
+    let (_, empty) = get(&server.at("/")).await;
+    assert!(empty.contains("No runs yet"));
+
+    // A momentum ablation: two tiny runs that differ only in m (and name).
+    for (name, m) in [("m-0.99", "0.99"), ("m-0.9", "0.9")] {
+        let mut form = tiny(name);
+        form.push(("momentum", m));
+        let res = post_form(&server.at("/runs/new"), &form).await;
+        assert_eq!(res.status(), StatusCode::SEE_OTHER, "{name}");
+    }
+    wait_for_state(&server, 1, &["completed"]).await;
+    wait_for_state(&server, 2, &["completed"]).await;
+
+    let (status, list) = get(&server.at("/")).await;
+    assert_eq!(status, 200);
+    let rows = attrs(&list, "tr", "data-run-id");
+    assert_eq!(rows, vec!["2", "1"], "newest first");
+    assert!(list.contains("href=\"/runs/1\""));
+    assert!(list.contains("completed <span class=\"muted\">2</span>"));
+    assert!(list.contains("value=\"1\""), "a compare checkbox per run");
+    let (_, by_name) = get(&server.at("/?sort=name_asc")).await;
+    assert_eq!(attrs(&by_name, "tr", "data-run-id"), vec!["2", "1"]);
+    let (_, by_name_desc) = get(&server.at("/?sort=name_desc")).await;
+    assert_eq!(attrs(&by_name_desc, "tr", "data-run-id"), vec!["1", "2"]);
+    let (_, running) = get(&server.at("/?state=running")).await;
+    assert!(attrs(&running, "tr", "data-run-id").is_empty());
+    assert!(running.contains("No running runs."));
+    let (_, completed) = get(&server.at("/?state=completed&sort=created_asc")).await;
+    assert_eq!(attrs(&completed, "tr", "data-run-id"), vec!["1", "2"]);
+    for bad in ["/?state=sleeping", "/?sort=colour_asc"] {
+        let (status, _) = get(&server.at(bad)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    // Compare: the differing setting is highlighted and named, both with their kNN.
+    for query in ["ids=1,2", "ids=1&ids=2"] {
+        let (status, page) = get(&server.at(&format!("/compare?{query}"))).await;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains(
+                "<tr class=\"diff\" data-differs=\"true\"><th scope=\"row\" class=\"mono\">momentum</th>\
+                 <td class=\"mono\">0.99</td><td class=\"mono\">0.9</td></tr>"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("1 setting differs"), "name does not count");
+        assert!(page.contains(">momentum=0.9</td>"));
+        assert_eq!(attrs(&page, "tr", "data-run-id"), vec!["1", "2"]);
+        assert!(
+            !page.contains("data-field=\"best_knn\">—"),
+            "both have a kNN"
+        );
+    }
+    let (_, partial) = get(&server.at("/compare?ids=1,x,7")).await;
+    assert!(
+        partial.contains("&#34;x&#34; is not a run id.")
+            || partial.contains("&quot;x&quot; is not a run id.")
+    );
+    assert!(partial.contains("There is no run 7."));
+
+    // A completed run cannot be cancelled: the page says why (409).
+    let res = post_form(&server.at("/runs/1/cancel"), &[]).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("class=\"flash bad\""), "{body}");
+
+    // A long run: cancel and resume through the page's forms.
+    let mut long = tiny("long");
+    long.retain(|(k, _)| *k != "epochs");
+    long.push(("epochs", "500"));
+    let res = post_form(&server.at("/runs/new"), &long).await;
+    assert_eq!(res.headers()["location"], "/runs/3");
+    wait_for_state(&server, 3, &["running"]).await;
+    let (_, page) = get(&server.at("/runs/3")).await;
+    assert!(
+        !page.contains("id=\"cancel-form\" hidden"),
+        "running runs offer cancel"
+    );
+    let res = post_form(&server.at("/runs/3/cancel"), &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/runs/3?done=cancel");
+    wait_for_state(&server, 3, &["cancelled"]).await;
+    let (_, page) = get(&server.at("/runs/3?done=cancel")).await;
+    assert!(page.contains("Cancel requested"));
+    assert!(
+        !page.contains("id=\"resume-form\" hidden"),
+        "cancelled runs offer resume"
+    );
+    let res = post_form(&server.at("/runs/3/resume"), &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/runs/3?done=resume");
+    wait_for_state(&server, 3, &["queued", "running"]).await;
+    let res = post_form(&server.at("/runs/3/cancel"), &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    wait_for_state(&server, 3, &["cancelled"]).await;
+}

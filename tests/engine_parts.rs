@@ -1,0 +1,250 @@
+//! The MoCo building blocks on real libtorch with tiny sizes: queue, momentum update, shuffle and
+//! split BN, InfoNCE, the flat SGD step.
+use moco_server::config::{Preset, RunConfig};
+use moco_server::moco::loss::info_nce;
+use moco_server::moco::model::MocoModel;
+use moco_server::moco::norm::BatchNorm;
+use moco_server::moco::params::ParamStore;
+use moco_server::moco::queue::Queue;
+use moco_server::moco::shuffle::Shuffle;
+use moco_server::train::optim::FlatSgd;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+use tch::{Device, Kind, Tensor};
+
+fn tiny_config() -> RunConfig {
+    RunConfig::preset(Preset::Cifar)
+        .with_overrides([
+            ("width", Value::from(8)),
+            ("batch_size", 8.into()),
+            ("queue_size", 32.into()),
+            ("shuffle_bn_splits", 2.into()),
+            ("dim", 16.into()),
+            ("device", "cpu".into()),
+        ])
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn queue_is_fifo_and_wraps_around() {
+    let mut queue = Queue::new(6, 2, Device::Cpu);
+    let initial = queue.keys.copy();
+    let batch = |v: f32| Tensor::from_slice(&[v, 0.0, v, 0.0]).view([2, 2]);
+    queue.enqueue(&batch(1.0), 1);
+    assert_eq!(queue.ptr, 2);
+    queue.enqueue(&batch(2.0), 2);
+    queue.enqueue(&batch(3.0), 3);
+    assert_eq!(
+        queue.ptr, 0,
+        "three batches of 2 fill a queue of 6 and wrap"
+    );
+    let col0: Vec<f32> = Vec::try_from(queue.keys.select(1, 0)).unwrap();
+    assert_eq!(col0, vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0]);
+    // The oldest keys (rows 0 and 1) are replaced first.
+    queue.enqueue(&batch(4.0), 4);
+    let col0: Vec<f32> = Vec::try_from(queue.keys.select(1, 0)).unwrap();
+    assert_eq!(col0, vec![4.0, 4.0, 2.0, 2.0, 3.0, 3.0]);
+    let stamps: Vec<i64> = Vec::try_from(&queue.stamps).unwrap();
+    assert_eq!(stamps, vec![4, 4, 2, 2, 3, 3]);
+    let stats = queue.stats(4);
+    assert_eq!(stats.fill.double_value(&[]), 1.0);
+    assert!(
+        (stats.age_mean.double_value(&[]) - (0.0 + 0.0 + 2.0 + 2.0 + 1.0 + 1.0) / 6.0).abs() < 1e-6
+    );
+    assert_eq!(stats.age_max.double_value(&[]), 2.0);
+    assert!(max_abs_diff(&initial, &queue.keys) > 0.0);
+}
+
+#[test]
+fn queue_starts_as_random_unit_vectors_with_zero_fill() {
+    tch::manual_seed(0);
+    let queue = Queue::new(64, 8, Device::Cpu);
+    let norms = queue.keys.norm_scalaropt_dim(2.0, [1], false);
+    assert!(max_abs_diff(&norms, &Tensor::ones([64], (Kind::Float, Device::Cpu))) < 1e-5);
+    let stats = queue.stats(0);
+    assert_eq!(stats.fill.double_value(&[]), 0.0);
+    // Random directions in 8-D are far from collapsed.
+    assert!(stats.similarity.double_value(&[]).abs() < 0.2);
+}
+
+#[test]
+fn momentum_update_is_exact_over_every_parameter() {
+    tch::manual_seed(1);
+    let cfg = tiny_config();
+    let mut model = MocoModel::new(&cfg, Device::Cpu);
+    // f_k starts as a copy of f_q.
+    assert_eq!(
+        max_abs_diff(model.query.store.flat(), model.key.store.flat()),
+        0.0
+    );
+    // Move f_q away, then update: θk ← m·θk + (1−m)·θq.
+    let theta_k = model.key.store.flat().copy();
+    tch::no_grad(|| {
+        let _ = model.query.store.flat().shallow_clone().g_add_scalar_(1.0);
+    });
+    let theta_q = model.query.store.flat().copy();
+    model.momentum_update(0.9);
+    let expected = &theta_k * 0.9 + &theta_q * 0.1;
+    assert!(max_abs_diff(model.key.store.flat(), &expected) < 1e-6);
+    // The named parameters see the update (they are views of the flat buffer).
+    let first = &model.key.store.params[0];
+    let offset = first.offset;
+    let from_flat = model.key.store.flat().narrow(0, offset, first.numel);
+    assert_eq!(max_abs_diff(&first.tensor.reshape([-1]), &from_flat), 0.0);
+    // m = 1 leaves f_k unchanged; m = 0 copies f_q.
+    let before = model.key.store.flat().copy();
+    model.momentum_update(1.0);
+    assert_eq!(max_abs_diff(model.key.store.flat(), &before), 0.0);
+    model.momentum_update(0.0);
+    assert!(max_abs_diff(model.key.store.flat(), &theta_q) < 1e-6);
+}
+
+#[test]
+fn shuffle_then_unshuffle_is_the_identity() {
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let x = Tensor::arange(40, (Kind::Float, Device::Cpu)).view([10, 4]);
+    let shuffle = Shuffle::new(10, &mut rng, Device::Cpu);
+    let shuffled = shuffle.apply(&x);
+    assert!(
+        max_abs_diff(&shuffled, &x) > 0.0,
+        "the permutation moves rows"
+    );
+    assert_eq!(max_abs_diff(&shuffle.undo(&shuffled), &x), 0.0);
+}
+
+#[test]
+fn split_bn_normalises_each_sub_batch_with_its_own_statistics() {
+    tch::manual_seed(3);
+    let mut store = ParamStore::new(Device::Cpu);
+    let bn = BatchNorm::new(&mut store, "bn", 3);
+    store.flatten();
+    // Sub-batch j holds samples j, j + S, j + 2S, …; give each a different scale and offset.
+    let splits = 2;
+    let x = Tensor::randn([8, 3, 4, 4], (Kind::Float, Device::Cpu));
+    let scale = Tensor::from_slice(&[1.0f32, 5.0, 1.0, 5.0, 1.0, 5.0, 1.0, 5.0]).view([8, 1, 1, 1]);
+    let x = &x * &scale + &scale;
+    let out = bn.forward(&x, true, splits);
+    for j in 0..splits {
+        let idx = Tensor::arange_start_step(j, 8, splits, (Kind::Int64, Device::Cpu));
+        let sub = x.index_select(0, &idx);
+        let mean = sub.mean_dim(&[0i64, 2, 3][..], true, Kind::Float);
+        let var = (&sub - &mean)
+            .square()
+            .mean_dim(&[0i64, 2, 3][..], true, Kind::Float);
+        let expected = (&sub - &mean) / (var + 1e-5).sqrt();
+        assert!(max_abs_diff(&out.index_select(0, &idx), &expected) < 1e-4);
+    }
+    // Running statistics: the mean of the two sub-batches' updates (momentum 0.1 from 0 and 1).
+    let m0 = x
+        .index_select(0, &Tensor::from_slice(&[0i64, 2, 4, 6]))
+        .mean_dim(&[0i64, 2, 3][..], false, Kind::Float);
+    let m1 = x
+        .index_select(0, &Tensor::from_slice(&[1i64, 3, 5, 7]))
+        .mean_dim(&[0i64, 2, 3][..], false, Kind::Float);
+    let expected_running = (m0 + m1) * 0.5 * 0.1;
+    assert!(max_abs_diff(&bn.running_mean, &expected_running) < 1e-5);
+    // One split is plain BatchNorm over the whole batch.
+    let plain = bn.forward(&x, true, 1);
+    let mean = x.mean_dim(&[0i64, 2, 3][..], true, Kind::Float);
+    let var = (&x - &mean)
+        .square()
+        .mean_dim(&[0i64, 2, 3][..], true, Kind::Float);
+    assert!(max_abs_diff(&plain, &((&x - mean) / (var + 1e-5).sqrt())) < 1e-4);
+}
+
+#[test]
+fn info_nce_matches_a_hand_computed_value() {
+    // Two queries, one queue of two keys, T = 0.5.
+    let q = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+    let k = Tensor::from_slice(&[0.6f32, 0.8, 0.0, 1.0]).view([2, 2]);
+    let queue = Tensor::from_slice(&[1.0f32, 0.0, -1.0, 0.0]).view([2, 2]);
+    let out = info_nce(&q, &k, &queue, 0.5);
+    // Row 0: logits (0.6, 1, −1)/0.5 = (1.2, 2, −2); row 1: (1, 0, 0)/0.5 = (2, 0, 0).
+    let row = |l: [f64; 3]| {
+        let lse = l.iter().map(|v| v.exp()).sum::<f64>().ln();
+        lse - l[0]
+    };
+    let expected = (row([1.2, 2.0, -2.0]) + row([2.0, 0.0, 0.0])) / 2.0;
+    assert!((out.loss.double_value(&[]) - expected).abs() < 1e-6);
+    assert_eq!(
+        out.top1().double_value(&[]),
+        0.5,
+        "only row 1 ranks its positive first"
+    );
+    let l_pos: Vec<f32> = Vec::try_from(&out.l_pos).unwrap();
+    assert_eq!(l_pos, vec![0.6, 1.0]);
+}
+
+#[test]
+fn flat_sgd_matches_torch_sgd_arithmetic() {
+    let mut store = ParamStore::new(Device::Cpu);
+    let w = store.param("w".into(), Tensor::from_slice(&[1.0f32, -2.0]), false);
+    let b = store.param("b".into(), Tensor::from_slice(&[0.5f32]), true);
+    store.flatten();
+    let mut sgd = FlatSgd::new(&store, 0.9, 0.1, true);
+    for _ in 0..2 {
+        store.zero_grad();
+        // loss = Σw² + 3b → grad w = 2w, grad b = 3.
+        let loss = w.square().sum(Kind::Float) + &b * 3.0;
+        loss.sum(Kind::Float).backward();
+        sgd.step(&store, 0.01);
+    }
+    // By hand: step 1: d_w = 2w + 0.1w = 2.1w, buf = d, w1 = w − 0.01·d; b: d = 3 (no decay).
+    let w0 = [1.0f64, -2.0];
+    let mut expected_w = [0.0; 2];
+    for i in 0..2 {
+        let d1 = 2.1 * w0[i];
+        let w1 = w0[i] - 0.01 * d1;
+        let buf2 = 0.9 * d1 + 2.1 * w1;
+        expected_w[i] = w1 - 0.01 * buf2;
+    }
+    let expected_b = 0.5 - 0.01 * 3.0 - 0.01 * (0.9 * 3.0 + 3.0);
+    let got: Vec<f32> = Vec::try_from(store.flat()).unwrap();
+    assert!((got[0] as f64 - expected_w[0]).abs() < 1e-6, "{got:?}");
+    assert!((got[1] as f64 - expected_w[1]).abs() < 1e-6, "{got:?}");
+    assert!((got[2] as f64 - expected_b).abs() < 1e-6, "{got:?}");
+}
+
+#[test]
+fn encoder_has_torchvision_names_and_shapes() {
+    let cfg = RunConfig::preset(Preset::V1);
+    let model = MocoModel::new(&cfg, Device::Cpu);
+    let named = model.query.store.named_tensors();
+    let shape = |name: &str| {
+        named
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("missing {name}"))
+            .1
+            .size()
+    };
+    assert_eq!(shape("conv1.weight"), vec![64, 3, 7, 7]);
+    assert_eq!(shape("layer1.0.conv3.weight"), vec![256, 64, 1, 1]);
+    assert_eq!(shape("layer4.2.bn3.running_var"), vec![2048]);
+    assert_eq!(shape("layer2.0.downsample.0.weight"), vec![512, 256, 1, 1]);
+    assert_eq!(shape("fc.weight"), vec![128, 2048]);
+    // ResNet-50 backbone: 23,508,032 parameters (torchvision's 25,557,032 minus the 1000-way fc).
+    let backbone: i64 = model
+        .query
+        .store
+        .params
+        .iter()
+        .filter(|p| !p.name.starts_with("fc."))
+        .map(|p| p.numel)
+        .sum();
+    assert_eq!(backbone, 23_508_032);
+    // BatchNorm as torchvision initialises it.
+    let bn_w = named
+        .iter()
+        .find(|(n, _)| n == "bn1.weight")
+        .unwrap()
+        .1
+        .copy();
+    assert_eq!(bn_w.min().double_value(&[]), 1.0);
+    assert_eq!(bn_w.max().double_value(&[]), 1.0);
+}

@@ -1,0 +1,123 @@
+//! One MoCo step of the engine equals the same step in plain PyTorch, written the way the
+//! official code does it (benches/py/moco_reference.py): same loss, same updated query and key
+//! encoders (with BatchNorm buffers), same queue.
+use moco_server::config::{Preset, RunConfig};
+use moco_server::moco::model::MocoModel;
+use moco_server::moco::shuffle::Shuffle;
+use moco_server::train::checkpoint::{save_full, write_safetensors_atomic, TrainingState};
+use moco_server::train::optim::FlatSgd;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
+
+fn compare_one_step(overrides: Value) {
+    let mut doc = json!({
+        "preset": "cifar", "width": 8, "batch_size": 8, "queue_size": 32,
+        "shuffle_bn_splits": 2, "dim": 16, "device": "cpu", "weight_decay": 5e-4
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    let cfg = RunConfig::from_partial_json(&doc, Preset::Cifar).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    tch::manual_seed(11);
+    let mut model = MocoModel::new(&cfg, Device::Cpu);
+    let mut optimizer = FlatSgd::new(
+        &model.query.store,
+        cfg.sgd_momentum,
+        cfg.weight_decay,
+        cfg.wd_exclude_bn_bias,
+    );
+    // Fill part of the queue so the pointer is not at 0.
+    model
+        .queue
+        .enqueue(&Tensor::randn([8, cfg.dim], (Kind::Float, Device::Cpu)), 0);
+    let mut state = TrainingState {
+        epoch: 0,
+        batch_in_epoch: 0,
+        step: 0,
+        queue_ptr: model.queue.ptr,
+        best_knn: None,
+        last_knn: None,
+        mean: [0.5; 3],
+        std: [0.25; 3],
+        config: cfg.clone(),
+    };
+    let before = dir.path().join("before.safetensors");
+    save_full(&before, &model, &optimizer.buffer, &state).unwrap();
+
+    let x1 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let x2 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let rng = ChaCha8Rng::seed_from_u64(3);
+    let mut replay = rng.clone();
+    let perm1 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
+    let perm2 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
+    let (lr, m) = (0.05, 0.9);
+
+    let mut rng = rng;
+    let out = model.forward_step(&x1, &x2, m, &mut rng);
+    model.query.store.zero_grad();
+    out.loss.backward();
+    optimizer.step(&model.query.store, lr);
+    model.queue.enqueue(&out.keys, 1);
+    state.step = 1;
+    state.queue_ptr = model.queue.ptr;
+    let after = dir.path().join("after.safetensors");
+    save_full(&after, &model, &optimizer.buffer, &state).unwrap();
+
+    let inputs = dir.path().join("inputs.safetensors");
+    let mut tensors = vec![
+        ("x1".to_string(), x1),
+        ("x2".to_string(), x2),
+        ("perm1".to_string(), perm1),
+    ];
+    if cfg.symmetric {
+        tensors.push(("perm2".to_string(), perm2));
+    }
+    let meta = HashMap::from([
+        ("lr".to_string(), lr.to_string()),
+        ("m".to_string(), m.to_string()),
+        ("loss".to_string(), out.loss.double_value(&[]).to_string()),
+    ]);
+    write_safetensors_atomic(&inputs, &tensors, meta).unwrap();
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("benches/py/moco_reference.py"))
+        .arg("check")
+        .args([&before, &inputs, &after])
+        .output()
+        .expect("run the reference implementation with the venv's python");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "engine and PyTorch reference disagree: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    // Every parameter and buffer of both encoders, plus the queue, was compared.
+    assert!(
+        report["tensors_compared"].as_u64().unwrap() > 100,
+        "{report}"
+    );
+}
+
+#[test]
+fn v1_style_step_matches_pytorch() {
+    compare_one_step(json!({"head": "linear"}));
+}
+
+#[test]
+fn v2_style_step_with_mlp_head_matches_pytorch() {
+    compare_one_step(json!({"head": "mlp", "head_hidden": 32, "wd_exclude_bn_bias": true}));
+}
+
+#[test]
+fn symmetric_step_matches_pytorch() {
+    compare_one_step(json!({"symmetric": true, "queue_size": 48}));
+}

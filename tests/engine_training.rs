@@ -1,0 +1,341 @@
+//! The engine end to end on the built-in synthetic dataset: it learns, it resumes exactly, it
+//! fails loudly when MoCo cannot work, and its export loads into torchvision.
+use moco_server::config::{Preset, RunConfig};
+use moco_server::train::checkpoint::read_safetensors;
+use moco_server::train::events::{CheckpointKind, CollectingObserver, RunOutcome, TrainEvent};
+use moco_server::train::stop::StopFlag;
+use moco_server::train::{run_training, TrainRequest};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use tch::Device;
+
+/// A run that takes seconds on two CPU cores.
+fn tiny(overrides: Value) -> RunConfig {
+    let base = json!({
+        "preset": "cifar",
+        "width": 16,
+        "batch_size": 64,
+        "queue_size": 1024,
+        "shuffle_bn_splits": 4,
+        "epochs": 2,
+        "base_lr": 0.06,
+        "lr_base_batch": 64,
+        "device": "cpu",
+        "metrics_every": 2,
+        "knn_every": 1,
+        "knn_k": 50,
+        "seed": 5,
+        "loader_threads": 2,
+        "dataset": {"kind": "synthetic", "synthetic_train": 512, "synthetic_test": 200}
+    });
+    let mut doc = base;
+    for (k, v) in overrides.as_object().unwrap() {
+        if k == "dataset" {
+            for (dk, dv) in v.as_object().unwrap() {
+                doc["dataset"][dk] = dv.clone();
+            }
+        } else {
+            doc[k] = v.clone();
+        }
+    }
+    RunConfig::from_partial_json(&doc, Preset::Cifar).unwrap()
+}
+
+fn train(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    resume: Option<&Path>,
+) -> (RunOutcome, CollectingObserver) {
+    let mut observer = CollectingObserver::default();
+    let outcome = run_training(
+        &TrainRequest {
+            config: cfg.clone(),
+            data_dir: run_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            device: Device::Cpu,
+            stop: StopFlag::new(),
+            resume_from: resume.map(Path::to_path_buf),
+        },
+        &mut observer,
+    )
+    .unwrap();
+    (outcome, observer)
+}
+
+#[test]
+fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(json!({"epochs": 6, "knn_every": 3}));
+    let baseline =
+        moco_server::train::trainer::random_init_knn(&cfg, dir.path(), Device::Cpu).unwrap();
+    let (outcome, observer) = train(&cfg, dir.path(), None);
+    let RunOutcome::Completed {
+        step,
+        final_knn_top1: Some(trained),
+    } = outcome
+    else {
+        panic!("run did not complete: {outcome:?}");
+    };
+    assert_eq!(step, 6 * 8);
+    let evals: Vec<(i64, f64)> = observer.evaluations().collect();
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 6]);
+    assert!(
+        trained > baseline + 10.0,
+        "kNN top-1 after training {trained:.1}% vs random init {baseline:.1}%"
+    );
+    // The loss went down and every metric of the dashboard was reported.
+    let metrics: Vec<_> = observer.metrics().collect();
+    let first = metrics.first().unwrap().values["loss"];
+    let last = metrics.last().unwrap().values["loss"];
+    assert!(last < first, "loss {first} → {last}");
+    for name in moco_server::train::events::metric::ALL {
+        if name != "device_memory_mb" {
+            assert!(
+                metrics.last().unwrap().values.contains_key(name),
+                "{name} missing"
+            );
+        }
+    }
+    assert_eq!(metrics.last().unwrap().values["queue_fill"], 1.0);
+    // A full checkpoint and the encoder export were written and announced.
+    let kinds: Vec<CheckpointKind> = observer.checkpoints().map(|c| c.kind).collect();
+    assert_eq!(kinds, vec![CheckpointKind::Full, CheckpointKind::Encoder]);
+    for c in observer.checkpoints() {
+        assert_eq!(std::fs::metadata(&c.path).unwrap().len(), c.size_bytes);
+    }
+}
+
+#[test]
+fn resume_continues_exactly() {
+    let straight_dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(json!({"epochs": 2, "knn_every": 0, "checkpoint_every": 1}));
+    let (outcome, straight) = train(&cfg, straight_dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 16, .. }),
+        "{outcome:?}"
+    );
+
+    // One epoch, then resume from its checkpoint for the second.
+    let split_dir = tempfile::tempdir().unwrap();
+    let first_half = tiny(json!({"epochs": 1, "knn_every": 0}));
+    let (outcome, first) = train(&first_half, split_dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    let ckpt = first
+        .checkpoints()
+        .find(|c| c.kind == CheckpointKind::Full)
+        .unwrap()
+        .path
+        .clone();
+    let (outcome, second) = train(&cfg, split_dir.path(), Some(&ckpt));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 16, .. }),
+        "{outcome:?}"
+    );
+    let started = second
+        .events
+        .iter()
+        .find_map(|e| match e {
+            TrainEvent::Started { start_step, .. } => Some(*start_step),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(started, 8);
+
+    // Same steps, same queue pointer, same losses (CPU with a seed is deterministic here).
+    let losses = |o: &CollectingObserver| -> Vec<(i64, f64, f64)> {
+        o.metrics()
+            .map(|m| (m.step, m.values["loss"], m.values["queue_ptr"]))
+            .collect()
+    };
+    let straight_losses = losses(&straight);
+    let resumed: Vec<_> = losses(&first).into_iter().chain(losses(&second)).collect();
+    assert_eq!(straight_losses.len(), resumed.len());
+    for (a, b) in straight_losses.iter().zip(&resumed) {
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.2, b.2, "queue ptr at step {}", a.0);
+        assert!(
+            (a.1 - b.1).abs() < 1e-4,
+            "loss at step {}: {} vs {}",
+            a.0,
+            a.1,
+            b.1
+        );
+    }
+    // The final weights agree too.
+    let last_full = |o: &CollectingObserver| {
+        o.checkpoints()
+            .filter(|c| c.kind == CheckpointKind::Full)
+            .last()
+            .unwrap()
+            .path
+            .clone()
+    };
+    let (a, _) = read_safetensors(&last_full(&straight), Device::Cpu).unwrap();
+    let (b, _) = read_safetensors(&last_full(&second), Device::Cpu).unwrap();
+    let find = |v: &[(String, tch::Tensor)], n: &str| {
+        v.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone()
+    };
+    for name in [
+        "encoder_q.conv1.weight",
+        "encoder_k.layer4.1.bn2.running_var",
+        "queue.keys",
+    ] {
+        let diff = (find(&a, name) - find(&b, name))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-4, "{name} differs by {diff}");
+    }
+}
+
+#[test]
+fn cancel_writes_a_checkpoint_and_stops_within_a_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(json!({"epochs": 50, "knn_every": 0}));
+    let stop = StopFlag::new();
+    let stopper = stop.clone();
+    struct CancelAfter(StopFlag, CollectingObserver);
+    impl moco_server::train::events::Observer for CancelAfter {
+        fn on_event(&mut self, event: TrainEvent) {
+            if let TrainEvent::Metrics(m) = &event {
+                if m.step >= 4 {
+                    self.0.cancel();
+                }
+            }
+            self.1.on_event(event);
+        }
+    }
+    let mut observer = CancelAfter(stopper, CollectingObserver::default());
+    let outcome = run_training(
+        &TrainRequest {
+            config: cfg,
+            data_dir: dir.path().into(),
+            run_dir: dir.path().into(),
+            device: Device::Cpu,
+            stop,
+            resume_from: None,
+        },
+        &mut observer,
+    )
+    .unwrap();
+    assert_eq!(outcome, RunOutcome::Cancelled { step: 4 });
+    let ckpt: Vec<_> = observer.1.checkpoints().collect();
+    assert_eq!(ckpt.len(), 1);
+    assert_eq!((ckpt[0].kind, ckpt[0].step), (CheckpointKind::Full, 4));
+}
+
+#[test]
+fn momentum_zero_fails_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(json!({"momentum": 0.0, "epochs": 20, "knn_every": 0, "metrics_every": 4}));
+    let (outcome, observer) = train(&cfg, dir.path(), None);
+    let RunOutcome::Failed { reason, step } = outcome else {
+        panic!("m = 0 should fail, got {outcome:?}");
+    };
+    assert!(step < 20 * 8, "failed only at the end");
+    assert!(reason.contains("m = 0"), "{reason}");
+    // No encoder export for a failed run.
+    assert!(observer
+        .checkpoints()
+        .all(|c| c.kind != CheckpointKind::Encoder));
+}
+
+#[test]
+fn invalid_config_is_rejected_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny(json!({}));
+    cfg.queue_size = 1000; // not a multiple of 64
+    let mut observer = CollectingObserver::default();
+    let err = run_training(
+        &TrainRequest {
+            config: cfg,
+            data_dir: dir.path().into(),
+            run_dir: dir.path().join("run"),
+            device: Device::Cpu,
+            stop: StopFlag::new(),
+            resume_from: None,
+        },
+        &mut observer,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("queue_size") && err.contains("batch_size"),
+        "{err}"
+    );
+    assert!(observer.events.is_empty());
+    assert!(!dir.path().join("run").exists());
+}
+
+#[test]
+fn encoder_export_loads_into_torchvision_with_no_key_missing_or_left_over() {
+    let dir = tempfile::tempdir().unwrap();
+    // Full width so torchvision's resnet18 matches; one tiny epoch.
+    let cfg = tiny(json!({
+        "width": 64, "epochs": 1, "knn_every": 0, "batch_size": 32, "queue_size": 256,
+        "dataset": {"synthetic_train": 32, "synthetic_test": 10}
+    }));
+    let (outcome, observer) = train(&cfg, dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { .. }),
+        "{outcome:?}"
+    );
+    let export = observer
+        .checkpoints()
+        .find(|c| c.kind == CheckpointKind::Encoder)
+        .unwrap()
+        .path
+        .clone();
+    let (tensors, meta) = read_safetensors(&export, Device::Cpu).unwrap();
+    assert_eq!(meta["arch"], "resnet18");
+    assert_eq!(meta["stem"], "cifar");
+    assert!(tensors.iter().all(|(n, _)| !n.starts_with("fc.")));
+
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let check = r#"
+import json, sys, torch, torchvision
+from torch import nn
+sd = {}
+with open(sys.argv[1], "rb") as f:
+    raw = f.read()
+n = int.from_bytes(raw[:8], "little")
+header = json.loads(raw[8:8 + n])
+body = raw[8 + n:]
+dtypes = {"F32": torch.float32, "I64": torch.int64}
+for name, info in header.items():
+    if name == "__metadata__":
+        continue
+    a, b = info["data_offsets"]
+    t = torch.frombuffer(bytearray(body[a:b]), dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    sd[name] = t
+m = torchvision.models.resnet18()
+m.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+m.maxpool = nn.Identity()
+m.fc = nn.Identity()
+m.load_state_dict(sd, strict=True)
+plain = torchvision.models.resnet18()
+res = plain.load_state_dict({k: v for k, v in sd.items() if k != "conv1.weight"}, strict=False)
+print(json.dumps({"missing": sorted(res.missing_keys), "unexpected": sorted(res.unexpected_keys)}))
+"#;
+    let out = Command::new(&python)
+        .args(["-c", check])
+        .arg(&export)
+        .output()
+        .expect("run the venv's python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "torchvision refused the export: {}{}",
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        report,
+        json!({"missing": ["conv1.weight", "fc.bias", "fc.weight"], "unexpected": []})
+    );
+}

@@ -1,0 +1,81 @@
+//! The product starts: the real binary serves the dashboard on a free port with a fresh data
+//! directory, creating its SQLite file; `doctor` reports libtorch.
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data_dir: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moco-server"))
+        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start moco-server");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("server printed its URL before exiting")
+            .unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.trim().trim_end_matches('/').to_string();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url }
+}
+
+#[tokio::test]
+async fn serves_index_and_health_with_a_fresh_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("nested").join("data");
+    let server = start_server(&data_dir);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    assert_ne!(server.url, "http://127.0.0.1:0");
+
+    let index = reqwest::get(format!("{}/", server.url)).await.unwrap();
+    assert_eq!(index.status(), 200);
+    let body = index.text().await.unwrap();
+    assert!(body.contains("moco-server"), "{body}");
+
+    let health = reqwest::get(format!("{}/healthz", server.url))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(health.text().await.unwrap(), "ok");
+
+    assert!(data_dir.join("moco.sqlite").is_file());
+}
+
+#[test]
+fn doctor_reports_versions_and_devices() {
+    let out = Command::new(env!("CARGO_BIN_EXE_moco-server"))
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("libtorch    2.11.0"), "{text}");
+    assert!(text.contains("tch         0.24.0"), "{text}");
+    assert!(text.contains(&format!("moco-server {}", env!("CARGO_PKG_VERSION"))));
+    assert!(text.contains("CUDA        "), "{text}");
+    assert!(text.contains("libtorch works"), "{text}");
+}
