@@ -9,8 +9,10 @@ run: setup
 	cargo build --release
 	./target/release/moco-server serve --host $(HOST) --port $(PORT) --data-dir $(DATA_DIR)
 
+# libtorch's OpenMP threads spin while waiting; with tests running side by side on few cores that
+# spinning starves them, so the test run lets idle threads sleep.
 test: setup setup-browser
-	cargo test --no-fail-fast
+	OMP_WAIT_POLICY=PASSIVE cargo test --no-fail-fast
 
 setup:
 	@scripts/setup.sh

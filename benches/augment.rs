@@ -6,7 +6,8 @@
 //! side is measured twice: the batched augmentation of a ready uint8 batch, and the whole path a
 //! training step sees (prefetching loader → uint8 batch → two views).
 //!
-//! `cargo bench --bench augment [-- --batches N --images N --workers N]`
+//! `cargo bench --bench augment [-- --batches N --images N --workers N --threads N --ops]`
+//! (`--ops` adds a per-operation timing breakdown; `--threads` sets torch's intra-op threads).
 use moco_server::config::AugRecipe;
 use moco_server::data::{Augmenter, Dataset, Loader, LoaderOptions};
 use rand::{Rng, SeedableRng};
@@ -55,6 +56,8 @@ struct Args {
     batches: usize,
     images: usize,
     workers: usize,
+    threads: Option<i32>,
+    ops: bool,
 }
 
 fn parse_args() -> Args {
@@ -62,6 +65,8 @@ fn parse_args() -> Args {
         batches: 40,
         images: 5120,
         workers: 2,
+        threads: None,
+        ops: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -71,6 +76,12 @@ fn parse_args() -> Args {
             "--batches" => args.batches = value().expect("--batches N"),
             "--images" => args.images = value().expect("--images N"),
             "--workers" => args.workers = value().expect("--workers N"),
+            "--threads" => args.threads = Some(value().expect("--threads N") as i32),
+            "--ops" => {
+                args.ops = true;
+                i += 1;
+                continue;
+            }
             // `cargo bench` passes --bench; other flags are ignored.
             _ => {
                 i += 1;
@@ -167,11 +178,64 @@ fn torchvision_reference(args: &Args) -> Result<serde_json::Value, String> {
     serde_json::from_str(line).map_err(|e| format!("unexpected output {line:?}: {e}"))
 }
 
+/// Milliseconds per call of each building block on a [256, 3, 32, 32] batch.
+fn bench_ops(batch: &Tensor) {
+    use moco_server::data::augment::{
+        adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation, grayscale,
+    };
+    use tch::Kind;
+    let _guard = tch::no_grad_guard();
+    let n = batch.size()[0];
+    let x = batch.to_kind(Kind::Float) / 255.0;
+    let factor = Tensor::full([n, 1, 1, 1], 1.2, (Kind::Float, Device::Cpu));
+    let theta = Tensor::from_slice(&[0.8f32, 0., 0.1, 0., 0.8, -0.1])
+        .view([1, 2, 3])
+        .repeat([n, 1, 1]);
+    let grid = Tensor::affine_grid_generator(&theta, [n, 3, 32, 32], false);
+    let source = batch.to_kind(Kind::Float);
+    let idx = Tensor::arange(n * 4 / 5, (Kind::Int64, Device::Cpu));
+    let time = |name: &str, f: &dyn Fn() -> Tensor| {
+        let _ = f();
+        let start = Instant::now();
+        for _ in 0..20 {
+            let _ = f();
+        }
+        println!(
+            "    {name:<28} {:>7.2} ms",
+            start.elapsed().as_secs_f64() * 1000.0 / 20.0
+        );
+    };
+    println!("  building blocks (one view of {n} images):");
+    time("uint8 → float", &|| batch.to_kind(Kind::Float));
+    time("affine grid", &|| {
+        Tensor::affine_grid_generator(&theta, [n, 3, 32, 32], false)
+    });
+    time("bilinear grid sample", &|| {
+        source.grid_sampler(&grid, 0, 1, false)
+    });
+    time("brightness", &|| adjust_brightness(&x, &factor));
+    time("contrast", &|| adjust_contrast(&x, &factor));
+    time("saturation", &|| adjust_saturation(&x, &factor));
+    time("hue", &|| adjust_hue(&x, &factor));
+    time("grayscale", &|| grayscale(&x));
+    time("index_select 80%", &|| x.index_select(0, &idx));
+    time("index_copy_ 80%", &|| {
+        let mut y = x.shallow_clone();
+        let sub = x.narrow(0, 0, n * 4 / 5);
+        y.index_copy_(0, &idx, &sub)
+    });
+}
+
 fn main() {
     let args = parse_args();
+    if let Some(t) = args.threads {
+        tch::set_num_threads(t);
+    }
     let threads = tch::get_num_threads();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let pixels: Vec<u8> = (0..args.images * SIDE * SIDE * 3).map(|_| rng.gen()).collect();
+    let pixels: Vec<u8> = (0..args.images * SIDE * SIDE * 3)
+        .map(|_| rng.gen())
+        .collect();
     let dataset = Arc::new(InMemory {
         pixels,
         len: args.images,
@@ -188,6 +252,9 @@ fn main() {
          {} batches",
         args.batches
     );
+    if args.ops {
+        bench_ops(&batch);
+    }
     let views = bench_views(&augmenter, &batch, args.batches);
     println!("  moco-server batched views             {views:>10.0} pairs/s");
     let pipeline = bench_pipeline(&augmenter, dataset.clone(), args.batches);

@@ -219,8 +219,12 @@ const Moco = (() => {
     build() {
       const text = cssVar("--muted") || "#666";
       const grid = cssVar("--border") || "#ddd";
+      const tickValues = (u, splits) => splits.map((v) => (v == null ? "" : num(v, 3)));
       const axis = (extra) =>
-        Object.assign({ stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 } }, extra);
+        Object.assign(
+          { stroke: text, grid: { stroke: grid, width: 1 }, ticks: { stroke: grid, width: 1 }, values: tickValues },
+          extra
+        );
       const series = [{ label: this.opts.xLabel || "step" }].concat(
         this.opts.series.map((s, i) => ({
           label: s.label,
@@ -237,9 +241,9 @@ const Moco = (() => {
       const wholeIncrs = [];
       for (let k = 1; k <= 1e9; k *= 10) wholeIncrs.push(k, 2 * k, 5 * k);
       const axes = [axis({ label: this.opts.xLabel || "step", labelSize: 18, incrs: wholeIncrs })].concat(
-        [axis({ scale: "y", label: this.opts.yLabel || "", labelSize: this.opts.yLabel ? 18 : 0, size: 56 })],
+        [axis({ scale: "y", label: this.opts.yLabel || "", labelSize: this.opts.yLabel ? 18 : 0, size: 64 })],
         (this.opts.axes || []).map((a) =>
-          axis({ scale: a.scale, side: 1, label: a.label || "", labelSize: a.label ? 18 : 0, size: 56, grid: { show: false } })
+          axis({ scale: a.scale, side: 1, label: a.label || "", labelSize: a.label ? 18 : 0, size: 64, grid: { show: false } })
         )
       );
       const scales = { x: { time: false } };

@@ -69,9 +69,10 @@
       chart.setData([x, ...ys]);
       div.dataset.points = String(points);
     });
+    // Keep the chosen metrics in the address (shareable), with readable commas.
     const url = new URL(window.location.href);
     url.searchParams.set("metrics", Array.from(wanted).join(","));
-    history.replaceState(null, "", url);
+    history.replaceState(null, "", url.pathname + "?" + url.searchParams.toString().replace(/%2C/g, ","));
   }
 
   document.getElementById("metric-picker").addEventListener("change", draw);

@@ -29,6 +29,8 @@
       return;
     }
     e.preventDefault();
+    // Oldest first: the baseline of an ablation is usually the run started first.
+    ids.sort((a, b) => Number(a) - Number(b));
     window.location.href = "/compare?ids=" + ids.join(",");
   });
   form.addEventListener("change", updateCompareHint);

@@ -356,5 +356,171 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         .unwrap();
     assert_eq!(runs, 1, "the bad form stored a run");
 
+    // A second run differing in m, started over the JSON API while the list is open: the list
+    // shows it and follows it to completion without a reload. Then both are compared.
+    b.goto(&server.at("/")).await;
+    b.js("window.__sameDocument = true; return null;").await;
+    let body = serde_json::json!({
+        "preset": "cifar", "name": "browser-m09", "epochs": 2, "batch_size": 32, "device": "cpu",
+        "width": 8, "queue_size": 256, "shuffle_bn_splits": 2, "metrics_every": 1, "knn_every": 1,
+        "momentum": 0.9,
+        "dataset": {"kind": "synthetic", "synthetic_train": 128, "synthetic_test": 64}
+    });
+    let res = reqwest::Client::new()
+        .post(server.at("/api/runs"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let second: serde_json::Value = res.json().await.unwrap();
+    let second_id = second["run"]["id"].as_i64().unwrap();
+    let second_state = format!("tr[data-run-id=\"{second_id}\"] [data-field=state]");
+    b.wait_until(
+        "the second run in the list, completed",
+        Duration::from_secs(300),
+        || async {
+            let state = b
+                .client
+                .find(Locator::Css(&second_state))
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            assert_ne!(state, "failed");
+            (state == "completed").then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        b.js("return window.__sameDocument === true;").await,
+        true,
+        "the list updated itself, without a reload"
+    );
+    let progress = b
+        .text(&format!("tr[data-run-id=\"{second_id}\"] .progress-text"))
+        .await;
+    assert!(progress.starts_with("100.0 %"), "{progress}");
+    // Tick both runs and press Compare.
+    for id in [run_id, second_id] {
+        b.client
+            .find(Locator::Id(&format!("select-{id}")))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+    b.client
+        .find(Locator::Id("compare-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until("the compare page", Duration::from_secs(30), || async {
+        let url = b.client.current_url().await.ok()?;
+        (url.path() == "/compare").then_some(())
+    })
+    .await;
+    let url = b.client.current_url().await.unwrap();
+    // The page adds the chosen metrics to the address once its charts are drawn.
+    let ids = format!("ids={run_id},{second_id}");
+    let query = url.query().unwrap_or("");
+    assert!(
+        query == ids || query.starts_with(&format!("{ids}&")),
+        "{url}"
+    );
+    let diff = b.text("#settings-table tr.diff:not(:first-child)").await;
+    assert!(diff.starts_with("momentum"), "{diff}");
+    for chart in ["loss", "knn_top1", "top1"] {
+        b.wait_until(
+            &format!("{chart} curves of both runs"),
+            Duration::from_secs(30),
+            || async {
+                let n: usize = b
+                    .client
+                    .find(Locator::Id(&format!("compare-chart-{chart}")))
+                    .await
+                    .ok()?
+                    .attr("data-points")
+                    .await
+                    .ok()??
+                    .parse()
+                    .ok()?;
+                // 8 steps (or 2 epochs) per run.
+                (n == if chart == "knn_top1" { 4 } else { 16 }).then_some(())
+            },
+        )
+        .await;
+    }
+    // Another metric on demand.
+    b.client
+        .find(Locator::Id("metric-momentum"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until("the momentum chart", Duration::from_secs(10), || async {
+        b.client
+            .find(Locator::Id("compare-chart-momentum"))
+            .await
+            .ok()
+    })
+    .await;
+    assert!(b
+        .client
+        .current_url()
+        .await
+        .unwrap()
+        .as_str()
+        .contains("momentum"));
+    b.screenshot_full("dashboard-09-compare", 1280).await;
+
+    // For people: the pages on a phone and in the dark colour scheme.
+    for (path, name) in [
+        ("/".to_string(), "runs"),
+        (format!("/runs/{run_id}"), "run"),
+        ("/runs/new".to_string(), "new-run"),
+    ] {
+        b.goto(&server.at(&path)).await;
+        b.screenshot_full(&format!("dashboard-07-phone-{name}"), 390)
+            .await;
+    }
+    b.cdp(
+        "Emulation.setEmulatedMedia",
+        serde_json::json!({"features": [{"name": "prefers-color-scheme", "value": "dark"}]}),
+    )
+    .await;
+    b.goto(&server.at(&format!("/runs/{run_id}"))).await;
+    b.wait_until(
+        "the charts in the dark",
+        Duration::from_secs(30),
+        || async {
+            let n: usize = b
+                .client
+                .find(Locator::Id("chart-loss"))
+                .await
+                .ok()?
+                .attr("data-points")
+                .await
+                .ok()??
+                .parse()
+                .ok()?;
+            (n == 8).then_some(())
+        },
+    )
+    .await;
+    let background = b
+        .js("return getComputedStyle(document.body).backgroundColor;")
+        .await;
+    assert_eq!(
+        background, "rgb(15, 18, 22)",
+        "the dark scheme follows the system"
+    );
+    b.screenshot_full("dashboard-08-dark-run", 1280).await;
+
     b.client.clone().close().await.unwrap();
 }

@@ -249,7 +249,9 @@ pub fn make_batch(
     } else {
         (
             host.to_device_(device, Kind::Uint8, pinned, false),
-            labels.to_device(device),
+            labels
+                .pin_memory(device)
+                .to_device_(device, Kind::Int64, true, false),
         )
     };
     Ok(Batch {

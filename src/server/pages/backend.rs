@@ -248,12 +248,15 @@ pub async fn list_datasets(state: &AppState) -> anyhow::Result<Vec<DatasetChoice
 }
 
 /// Rows in the augmentation preview.
-const PREVIEW_IMAGES: usize = 6;
+const PREVIEW_IMAGES: usize = 4;
 /// Previews kept in memory (a run's recipe and data never change, so its picture does not).
 const PREVIEW_CACHE: usize = 32;
 
-fn preview_cache() -> &'static Mutex<VecDeque<(i64, Arc<Vec<u8>>)>> {
-    static CACHE: OnceLock<Mutex<VecDeque<(i64, Arc<Vec<u8>>)>>> = OnceLock::new();
+/// Recently drawn previews by run id, oldest first.
+type PreviewCache = Mutex<VecDeque<(i64, Arc<Vec<u8>>)>>;
+
+fn preview_cache() -> &'static PreviewCache {
+    static CACHE: OnceLock<PreviewCache> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(VecDeque::new()))
 }
 

@@ -592,6 +592,8 @@ pub struct FieldView {
     pub placeholder: &'static str,
     pub errors: Vec<String>,
     pub described_by: String,
+    /// Takes two columns of the grid (long option labels).
+    pub wide: bool,
 }
 
 impl FieldView {
@@ -613,6 +615,7 @@ impl FieldView {
             placeholder: "",
             errors,
             described_by: String::new(),
+            wide: false,
         }
     }
 

@@ -140,13 +140,17 @@ async fn build_page(
             preset_options,
             errors_for(form::PRESET_KEY),
         ),
-        FieldView::select(
-            form::DATASET_KEY,
-            "Dataset",
-            "The built-in synthetic set, or a dataset under the server's data directory.",
-            dataset_options(state, &chosen_dataset).await,
-            errors_for(form::DATASET_KEY),
-        ),
+        FieldView {
+            wide: true,
+            ..FieldView::select(
+                form::DATASET_KEY,
+                "Dataset",
+                "The built-in synthetic set, or a dataset found under the server's data \
+                 directory (training + held-out images).",
+                dataset_options(state, &chosen_dataset).await,
+                errors_for(form::DATASET_KEY),
+            )
+        },
     ];
     basics.extend(
         other_basics

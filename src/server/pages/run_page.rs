@@ -50,6 +50,7 @@ struct RunPage {
     last_event_id: i64,
     queue_stats: Vec<QueueStat>,
     augmentation: String,
+    image_size: i64,
     checkpoints: Vec<CheckpointView>,
     log: Vec<LogView>,
     config_rows: Vec<(String, String)>,
@@ -172,6 +173,10 @@ async fn render_page(
         last_event_id,
         queue_stats,
         augmentation,
+        image_size: config
+            .get("image_size")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0),
         checkpoints,
         log,
         config_rows: form::config_rows(&config),

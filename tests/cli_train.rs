@@ -1,0 +1,116 @@
+//! `moco-server train` and `moco-server export` as a user runs them.
+use serde_json::Value;
+use std::process::Command;
+
+fn moco() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_moco-server"))
+}
+
+const TINY: [&str; 12] = [
+    "width=8",
+    "batch_size=16",
+    "queue_size=64",
+    "shuffle_bn_splits=2",
+    "epochs=2",
+    "knn_every=1",
+    "knn_k=10",
+    "metrics_every=2",
+    "device=cpu",
+    "loader_threads=1",
+    "dataset.synthetic_train=64",
+    "dataset.synthetic_test=20",
+];
+
+#[test]
+fn train_json_prints_every_event_and_the_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = moco()
+        .current_dir(dir.path())
+        .args(["train", "--preset", "cifar", "--data", "synthetic", "--json", "--out", "run"])
+        .args(TINY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["type"], "started");
+    assert_eq!(lines[0]["total_steps"], 8);
+    let metric_steps: Vec<i64> = lines
+        .iter()
+        .filter(|l| l["type"] == "metrics")
+        .map(|l| l["step"].as_i64().unwrap())
+        .collect();
+    assert_eq!(metric_steps, vec![2, 4, 6, 8]);
+    let evals = lines.iter().filter(|l| l["type"] == "evaluation").count();
+    assert_eq!(evals, 2);
+    let last = lines.last().unwrap();
+    assert_eq!(last["state"], "completed");
+    assert_eq!(last["step"], 8);
+
+    // The full checkpoint turns into an encoder file with `export`.
+    let ckpt = lines
+        .iter()
+        .find(|l| l["type"] == "checkpoint_saved" && l["kind"] == "full")
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let exported = dir.path().join("encoder.safetensors");
+    let out = moco()
+        .args(["export", &ckpt, "--out"])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let encoder = lines
+        .iter()
+        .find(|l| l["type"] == "checkpoint_saved" && l["kind"] == "encoder")
+        .unwrap()["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Same weights as the export written at the end of training.
+    assert_eq!(
+        std::fs::read(&exported).unwrap().len(),
+        std::fs::read(dir.path().join(encoder)).unwrap().len()
+    );
+}
+
+#[test]
+fn a_bad_setting_is_named_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = moco()
+        .current_dir(dir.path())
+        .args(["train", "--preset", "cifar", "--out", "run", "batch_size=256", "queue_size=1000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("queue_size") && err.contains("multiple"), "{err}");
+    assert!(!dir.path().join("run").exists());
+
+    let out = moco()
+        .current_dir(dir.path())
+        .args(["train", "--preset", "cifar", "temprature=0.2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("temprature: unknown setting"), "{err}");
+}
+
+#[test]
+fn print_config_shows_the_preset_with_overrides() {
+    let out = moco()
+        .args(["train", "--preset", "v2", "--print-config", "epochs=7"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let cfg: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(cfg["epochs"].as_integer(), Some(7));
+    assert_eq!(cfg["head"].as_str(), Some("mlp"));
+    assert_eq!(cfg["temperature"].as_float(), Some(0.2));
+}
