@@ -109,6 +109,8 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
             PathBuf::from("runs").join(name)
         }
     };
+    // Absolute, so the paths in events and messages work from any directory.
+    let run_dir = std::env::current_dir()?.join(run_dir);
     let stop = StopFlag::new();
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || {

@@ -292,7 +292,8 @@ pub struct RunConfig {
     pub knn_bank_limit: usize,
     /// Full checkpoint every N epochs (0 = only at the end and on cancel).
     pub checkpoint_every: i64,
-    /// Fail the run when the mean pairwise similarity of the queue exceeds this (collapse).
+    /// Fail the run as collapsed when the mean pairwise similarity of the queue exceeds this while
+    /// the positive logit no longer stands out from the negatives (two metric records in a row).
     pub collapse_threshold: f64,
 }
 
@@ -338,7 +339,7 @@ impl RunConfig {
             knn_features: KnnFeatures::Backbone,
             knn_bank_limit: 0,
             checkpoint_every: 10,
-            collapse_threshold: 0.98,
+            collapse_threshold: 0.95,
         };
         match preset {
             Preset::V1 => imagenet,

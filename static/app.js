@@ -300,7 +300,13 @@ const Moco = (() => {
     return el ? JSON.parse(el.textContent) : null;
   }
 
-  document.addEventListener("DOMContentLoaded", () => localizeTimes());
+  document.addEventListener("DOMContentLoaded", () => {
+    localizeTimes();
+    // Come back to this page after signing in.
+    document.querySelectorAll("a.sign-in").forEach((a) => {
+      a.href = "/login?next=" + encodeURIComponent(window.location.pathname + window.location.search);
+    });
+  });
 
   return {
     STATES, ACTIVE, isNum, num, fixed, percent, duration, bytes, localTime, localizeTimes, timeEl,

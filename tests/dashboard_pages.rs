@@ -430,3 +430,64 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     wait_for_state(&server, 3, &["cancelled"]).await;
 }
+
+#[tokio::test]
+async fn a_server_with_a_token_asks_the_browser_to_sign_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_with(tmp.path(), &["--token", "s3cret-token"]);
+    let (_, page) = get(&server.at("/")).await;
+    assert!(page.contains("Sign in to make changes"), "{page}");
+    let (status, login) = get(&server.at("/login?next=/runs/new")).await;
+    assert_eq!(status, 200);
+    assert!(login.contains("<label for=\"token\">Access token</label>"));
+    assert!(login.contains("data-next=\"/runs/new\""));
+    let (_, login) = get(&server.at("/login?next=//elsewhere.example/")).await;
+    assert!(login.contains("data-next=\"/\""), "never leaves the server");
+
+    // Without the token the form changes nothing.
+    let res = post_form(&server.at("/runs/new"), &tiny("no-token")).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(count_runs(&server).await, 0);
+
+    // Signing in sets the cookie the forms then carry.
+    let res = client()
+        .post(server.at("/api/login"))
+        .json(&serde_json::json!({"token": "s3cret-token"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(cookie, "moco_token=s3cret-token");
+    let page = client()
+        .get(server.at("/"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("Sign in to make changes"));
+    let mut form = tiny("with-token");
+    form.retain(|(k, _)| *k != "epochs");
+    form.push(("epochs", "500"));
+    let res = client()
+        .post(server.at("/runs/new"))
+        .header("Cookie", &cookie)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/runs/1");
+    let res = client()
+        .post(server.at("/runs/1/cancel"))
+        .header("Cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    wait_for_state(&server, 1, &["cancelled"]).await;
+}

@@ -1,4 +1,4 @@
-//! One MoCo step of the engine equals the same step in plain PyTorch, written the way the
+//! MoCo steps of the engine equal the same steps in plain PyTorch, written the way the
 //! official code does it (benches/py/moco_reference.py): same loss, same updated query and key
 //! encoders (with BatchNorm buffers), same queue.
 use moco_server::config::{Preset, RunConfig};
@@ -35,7 +35,7 @@ fn compare_one_step(overrides: Value) {
     // Fill part of the queue so the pointer is not at 0.
     model
         .queue
-        .enqueue(&Tensor::randn([8, cfg.dim], (Kind::Float, Device::Cpu)), 0);
+        .enqueue(&Tensor::randn([cfg.keys_per_step(), cfg.dim], (Kind::Float, Device::Cpu)), 0);
     let mut state = TrainingState {
         epoch: 0,
         batch_in_epoch: 0,
@@ -50,38 +50,44 @@ fn compare_one_step(overrides: Value) {
     let before = dir.path().join("before.safetensors");
     save_full(&before, &model, &optimizer.buffer, &state).unwrap();
 
-    let x1 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let x2 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let rng = ChaCha8Rng::seed_from_u64(3);
-    let mut replay = rng.clone();
-    let perm1 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
-    let perm2 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
+    // Three steps with fresh inputs each: the momentum buffer, the zeroing of gradients, the
+    // momentum update and the queue pointer all carry over between steps.
+    let steps = 3;
+    let mut tensors = Vec::new();
+    let mut losses = Vec::new();
     let (lr, m) = (0.05, 0.9);
-
-    let mut rng = rng;
-    let out = model.forward_step(&x1, &x2, m, &mut rng);
-    model.query.store.zero_grad();
-    out.loss.backward();
-    optimizer.step(&model.query.store, lr);
-    model.queue.enqueue(&out.keys, 1);
-    state.step = 1;
+    for step in 0..steps {
+        let x1 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let x2 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let rng = ChaCha8Rng::seed_from_u64(3 + step);
+        let mut replay = rng.clone();
+        let perm1 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
+        let perm2 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
+        let mut rng = rng;
+        let out = model.forward_step(&x1, &x2, m, &mut rng);
+        model.query.store.zero_grad();
+        out.loss.backward();
+        optimizer.step(&model.query.store, lr);
+        model.queue.enqueue(&out.keys, step as i64 + 1);
+        losses.push(out.loss.double_value(&[]).to_string());
+        tensors.push((format!("x1.{step}"), x1));
+        tensors.push((format!("x2.{step}"), x2));
+        tensors.push((format!("perm1.{step}"), perm1));
+        if cfg.symmetric {
+            tensors.push((format!("perm2.{step}"), perm2));
+        }
+    }
+    state.step = steps as i64;
     state.queue_ptr = model.queue.ptr;
     let after = dir.path().join("after.safetensors");
     save_full(&after, &model, &optimizer.buffer, &state).unwrap();
 
     let inputs = dir.path().join("inputs.safetensors");
-    let mut tensors = vec![
-        ("x1".to_string(), x1),
-        ("x2".to_string(), x2),
-        ("perm1".to_string(), perm1),
-    ];
-    if cfg.symmetric {
-        tensors.push(("perm2".to_string(), perm2));
-    }
     let meta = HashMap::from([
         ("lr".to_string(), lr.to_string()),
         ("m".to_string(), m.to_string()),
-        ("loss".to_string(), out.loss.double_value(&[]).to_string()),
+        ("steps".to_string(), steps.to_string()),
+        ("losses".to_string(), losses.join(",")),
     ]);
     write_safetensors_atomic(&inputs, &tensors, meta).unwrap();
 

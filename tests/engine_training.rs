@@ -231,12 +231,16 @@ fn cancel_writes_a_checkpoint_and_stops_within_a_step() {
 #[test]
 fn momentum_zero_fails_with_a_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny(json!({"momentum": 0.0, "epochs": 20, "knn_every": 0, "metrics_every": 4}));
+    let cfg = tiny(json!({
+        "momentum": 0.0, "epochs": 16, "knn_every": 0, "metrics_every": 16, "width": 8,
+        "batch_size": 32, "queue_size": 512, "base_lr": 0.015, "lr_base_batch": 32,
+        "loader_threads": 1
+    }));
     let (outcome, observer) = train(&cfg, dir.path(), None);
     let RunOutcome::Failed { reason, step } = outcome else {
         panic!("m = 0 should fail, got {outcome:?}");
     };
-    assert!(step < 20 * 8, "failed only at the end");
+    assert!(step < 16 * 16, "failed only at the end");
     assert!(reason.contains("m = 0"), "{reason}");
     // No encoder export for a failed run.
     assert!(observer

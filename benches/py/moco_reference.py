@@ -3,9 +3,9 @@ moco-server's engine.
 
 Two uses:
   check  A.safetensors B.safetensors C.safetensors
-         Start from the state in A (a moco-server full checkpoint), take the step's inputs from B
-         (x1, x2, the shuffle permutation, lr, m, T, wd...), run one MoCo step and compare the
-         result with C (moco-server's state after the same step). Prints a JSON report; exits 1 on
+         Start from the state in A (a moco-server full checkpoint), take each step's inputs from B
+         (x1, x2, the shuffle permutations, lr, m), run the MoCo steps and compare the losses and
+         the result with C (moco-server's state after the same steps). Prints a JSON report; exits 1 on
          a mismatch.
   bench  --width W --batch B [--steps N] [--stem cifar] [--threads T]
          Times the same training step (forward q, momentum update, shuffled key forward, InfoNCE,
@@ -193,14 +193,20 @@ def check(a_path, b_path, c_path):
     model.queue_ptr = json.loads(meta["state"])["queue_ptr"]
     opt = sgd(model, lr, cfg["sgd_momentum"], cfg["weight_decay"], cfg["wd_exclude_bn_bias"])
     model.train()
-    perms = [inputs["perm1"]] + ([inputs["perm2"]] if "perm2" in inputs else [])
-    loss, keys = model(inputs["x1"], inputs["x2"], perms)
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    model._dequeue_and_enqueue(keys)
+    losses = []
+    for step in range(int(step_meta["steps"])):
+        perms = [inputs[f"perm1.{step}"]]
+        if f"perm2.{step}" in inputs:
+            perms.append(inputs[f"perm2.{step}"])
+        loss, keys = model(inputs[f"x1.{step}"], inputs[f"x2.{step}"], perms)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model._dequeue_and_enqueue(keys)
+        losses.append(loss.item())
+    engine_losses = [float(v) for v in step_meta["losses"].split(",")]
 
-    report = {"loss_reference": loss.item(), "loss_engine": float(step_meta["loss"])}
+    report = {"losses_reference": losses, "losses_engine": engine_losses}
     worst = {}
     for prefix, enc in (("encoder_q.", model.encoder_q), ("encoder_k.", model.encoder_k)):
         for name, t in enc.state_dict().items():
@@ -211,7 +217,8 @@ def check(a_path, b_path, c_path):
     worst["queue.keys"] = (model.queue - after["queue.keys"]).abs().max().item()
     name, diff = max(worst.items(), key=lambda kv: kv[1])
     report.update({"max_diff": diff, "max_diff_tensor": name, "tensors_compared": len(worst)})
-    ok = diff < 1e-4 and abs(report["loss_reference"] - report["loss_engine"]) < 1e-4
+    loss_diff = max(abs(a - b) for a, b in zip(losses, engine_losses))
+    ok = diff < 1e-4 and loss_diff < 1e-4 and len(losses) == len(engine_losses)
     report["ok"] = ok
     print(json.dumps(report))
     return 0 if ok else 1

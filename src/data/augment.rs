@@ -684,9 +684,9 @@ pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Tensor {
     let is_g = maxc.eq_tensor(&g);
     // Six times the hue (in [-1, 5)), plus the shift; the mod below wraps it.
     let h6 = h_r.where_self(&is_r, &h_g.where_self(&is_g, &h_b)) + shift * 6.0;
-    let offsets = Tensor::from_slice(&[5.0f32, 3.0, 1.0])
-        .to_device(x.device())
-        .view([1, 3, 1, 1]);
+    // n = 5, 3, 1, made on the device (a host copy would synchronise a CUDA stream).
+    let offsets =
+        Tensor::arange_start_step(5, 0, -2, (Kind::Float, x.device())).view([1, 3, 1, 1]);
     let k = (h6 + offsets).remainder(6.0);
     let reverse: Tensor = 4.0 - &k;
     let ramp = clamp01(k.minimum(&reverse));

@@ -246,13 +246,15 @@ pub fn make_batch(
     let labels = Tensor::from_slice(&labels);
     let (images, labels) = if device == Device::Cpu {
         (host, labels)
-    } else {
+    } else if pinned {
         (
-            host.to_device_(device, Kind::Uint8, pinned, false),
+            host.to_device_(device, Kind::Uint8, true, false),
             labels
                 .pin_memory(device)
                 .to_device_(device, Kind::Int64, true, false),
         )
+    } else {
+        (host.to_device(device), labels.to_device(device))
     };
     Ok(Batch {
         images,

@@ -2,10 +2,11 @@
 //! that keep them live. Lists, forms and tables work without JavaScript; charts need it.
 //!
 //! Routes: `/` runs, `/runs/new` (GET form, POST form-encoded), `/runs/{id}`, its cancel / resume
-//! forms and augmentation preview, `/compare?ids=1,2,3`, and the embedded files under `/static/`.
+//! forms and augmentation preview, `/compare?ids=1,2,3`, `/login` (servers that want their access
+//! token for changes), and the embedded files under `/static/`.
 use super::AppState;
 use askama::Template;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -15,6 +16,7 @@ mod backend;
 mod compare;
 mod form;
 mod format;
+mod login;
 mod new_run;
 mod run_page;
 mod runs;
@@ -32,6 +34,7 @@ pub fn routes() -> Router<AppState> {
             get(run_page::augment_preview),
         )
         .route("/compare", get(compare::page))
+        .route("/login", get(login::page))
         .route("/static/{*path}", get(assets::serve))
 }
 
@@ -40,6 +43,9 @@ pub struct Layout {
     /// The navigation entry shown as current: "runs", "new" or "".
     pub nav: &'static str,
     pub version: &'static str,
+    /// The server wants its access token for changes and this browser has not given it: the
+    /// navigation offers the sign-in page.
+    pub sign_in: bool,
 }
 
 impl Layout {
@@ -47,6 +53,16 @@ impl Layout {
         Layout {
             nav,
             version: env!("CARGO_PKG_VERSION"),
+            sign_in: false,
+        }
+    }
+
+    /// The layout for a request: with the sign-in link when the server needs a token the
+    /// request's cookie does not carry.
+    pub fn for_request(nav: &'static str, state: &AppState, headers: &HeaderMap) -> Layout {
+        Layout {
+            sign_in: login::needs_sign_in(state, headers),
+            ..Layout::new(nav)
         }
     }
 }

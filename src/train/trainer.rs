@@ -137,6 +137,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         cfg.loader_threads
     };
     let mut acc = Accumulator::new(device);
+    let mut watch = FailureWatch::default();
     while state.epoch < cfg.epochs {
         let loader = Loader::new(
             splits.train.clone(),
@@ -202,7 +203,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
                 let values = record.values.clone();
                 observer.on_event(TrainEvent::Metrics(record));
                 acc = Accumulator::new(device);
-                if let Some(reason) = failure_reason(&values, cfg, state.step) {
+                if let Some(reason) = watch.check(&values, cfg, state.step) {
                     observer.on_event(TrainEvent::Log {
                         level: LogLevel::Error,
                         message: reason.clone(),
@@ -408,37 +409,56 @@ fn read_metrics(
     }
 }
 
-/// Why the run must stop as failed, if it must: a non-finite loss, or a collapsed representation
-/// (the queue, once full of real keys, holds nearly identical vectors).
-fn failure_reason(values: &BTreeMap<String, f64>, cfg: &RunConfig, step: i64) -> Option<String> {
-    let loss = values.get(metric::LOSS).copied().unwrap_or(f64::NAN);
-    if !loss.is_finite() {
-        return Some(format!(
-            "training diverged: the loss became {loss} at step {step}. Lower base_lr (now {}), \
-             or check the data",
-            cfg.base_lr
-        ));
-    }
-    let fill = values.get(metric::QUEUE_FILL).copied().unwrap_or(0.0);
-    let similarity = values.get(metric::QUEUE_SIMILARITY).copied().unwrap_or(0.0);
-    if fill >= 1.0 && similarity > cfg.collapse_threshold {
+/// Mean positive minus mean negative logit below which positives no longer stand out.
+const COLLAPSED_LOGIT_GAP: f64 = 0.02;
+
+/// Watches the metric records for a run that cannot recover.
+#[derive(Default)]
+struct FailureWatch {
+    /// Consecutive records that looked collapsed.
+    collapsed_reads: u32,
+}
+
+impl FailureWatch {
+    /// Why the run must stop as failed, if it must: a non-finite loss, or a collapsed
+    /// representation: the queue, once full of real keys, holds nearly identical vectors and the
+    /// positive key no longer stands out from the negatives, in two records in a row.
+    fn check(&mut self, values: &BTreeMap<String, f64>, cfg: &RunConfig, step: i64) -> Option<String> {
+        let get = |name: &str| values.get(name).copied().unwrap_or(f64::NAN);
+        let loss = get(metric::LOSS);
+        if !loss.is_finite() {
+            return Some(format!(
+                "training diverged: the loss became {loss} at step {step}. Lower base_lr (now {}), \
+                 or check the data",
+                cfg.base_lr
+            ));
+        }
+        let similarity = get(metric::QUEUE_SIMILARITY);
+        let gap = get(metric::POS_LOGIT) - get(metric::NEG_LOGIT);
+        let collapsed = get(metric::QUEUE_FILL) >= 1.0
+            && similarity > cfg.collapse_threshold
+            && gap < COLLAPSED_LOGIT_GAP;
+        self.collapsed_reads = if collapsed { self.collapsed_reads + 1 } else { 0 };
+        if self.collapsed_reads < 2 {
+            return None;
+        }
         let hint = if cfg.momentum < 0.5 {
             format!(
-                " With momentum m = {} the key encoder follows the query encoder too quickly \
-                 and its keys stop being consistent; MoCo needs m close to 1 (0.99–0.999).",
+                " With momentum m = {} the key encoder follows the query encoder at once, the keys \
+                 in the queue stop being consistent and training cannot converge; MoCo needs m \
+                 close to 1 (0.99–0.999).",
                 cfg.momentum
             )
         } else {
-            String::new()
+            " Try a lower base_lr or a higher momentum.".to_string()
         };
-        return Some(format!(
-            "the representation collapsed: the mean similarity of the keys in the queue reached \
-             {similarity:.4} (threshold {}) at step {step}, so every image maps to nearly the \
-             same vector.{hint}",
+        Some(format!(
+            "the representation collapsed: at step {step} the keys in the queue have a mean \
+             similarity of {similarity:.3} (threshold {}) and the positive key scores only \
+             {gap:.3} above the negatives, so every image maps to nearly the same vector.{hint}",
             cfg.collapse_threshold
-        ));
+        ))
     }
-    None
 }
 
 /// Features of a whole split under the eval transform, with their labels (unlabeled images

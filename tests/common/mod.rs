@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for something that takes seconds before it gives up (a hang, not speed).
@@ -19,7 +20,7 @@ pub struct Server {
     pub data_dir: PathBuf,
     pub client: reqwest::Client,
     /// Every line the server printed on stdout (the URL, the token).
-    pub stdout: Vec<String>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -70,21 +71,32 @@ impl Server {
                 break rest.trim().trim_end_matches('/').to_string();
             }
         };
-        // The lines after the URL (data directory, token) come right away.
-        for _ in 0..2 {
-            match lines.next() {
-                Some(Ok(line)) => printed.push(line),
-                _ => break,
+        // Keep draining stdout (the server must never block on a full pipe), keeping the lines.
+        let stdout = Arc::new(Mutex::new(printed));
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
             }
-        }
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        });
         Server {
             child: Some(child),
             url,
             data_dir: data_dir.to_path_buf(),
             client: reqwest::Client::new(),
-            stdout: printed,
+            stdout,
+        }
+    }
+
+    /// Waits for a line of stdout containing `needle` (lines after the URL come right after it).
+    pub fn stdout_line(&self, needle: &str) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.stdout.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            assert!(start.elapsed() < PATIENCE, "the server never printed {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

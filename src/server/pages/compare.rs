@@ -6,7 +6,7 @@ use crate::server::AppState;
 use crate::train::events::metric;
 use askama::Template;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 /// More curves than this on one chart are unreadable.
@@ -166,8 +166,10 @@ fn setting_rows(configs: &[serde_json::Value]) -> Vec<SettingRow> {
 /// GET /compare
 pub async fn page(
     State(state): State<AppState>,
+    headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, PageError> {
+    let (state, headers) = (&state, &headers);
     let query = query.unwrap_or_default();
     let (ids, mut problems) = parse_ids(&query);
     let selected: Vec<String> = match query_value(&query, "metrics") {
@@ -189,7 +191,7 @@ pub async fn page(
     let mut runs: Vec<RunRecord> = Vec::new();
     let mut configs = Vec::new();
     for id in ids {
-        match backend::get_run(&state, id).await? {
+        match backend::get_run(state, id).await? {
             Some((run, config)) => {
                 runs.push(run);
                 configs.push(config);
@@ -232,7 +234,7 @@ pub async fn page(
         }).collect::<Vec<_>>(),
     });
     let page = ComparePage {
-        layout: Layout::new(""),
+        layout: Layout::for_request("", state, headers),
         problems,
         runs: columns,
         diff_count,

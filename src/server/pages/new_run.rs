@@ -7,7 +7,7 @@ use crate::config::{FieldError, Preset, RunConfig};
 use crate::server::AppState;
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -89,6 +89,7 @@ async fn dataset_options(state: &AppState, chosen: &str) -> Vec<OptionView> {
 
 async fn build_page(
     state: &AppState,
+    headers: &HeaderMap,
     values: &Values,
     errors: &[FieldError],
     source_note: String,
@@ -174,7 +175,7 @@ async fn build_page(
         .any(|f| !f.errors.is_empty());
 
     NewRunPage {
-        layout: Layout::new("new"),
+        layout: Layout::for_request("new", state, headers),
         errors: errors
             .iter()
             .map(|e| ErrorView {
@@ -207,6 +208,7 @@ async fn build_page(
 /// GET /runs/new
 pub async fn page(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(query): Query<NewRunQuery>,
 ) -> Result<Response, PageError> {
     let (values, note) = match (&query.from, &query.preset) {
@@ -247,13 +249,14 @@ pub async fn page(
             String::new(),
         ),
     };
-    let page = build_page(&state, &values, &[], note).await;
+    let page = build_page(&state, &headers, &values, &[], note).await;
     Ok(render(StatusCode::OK, &page))
 }
 
 /// POST /runs/new
 pub async fn submit(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Result<Response, PageError> {
     let submitted = form::submitted_values(pairs);
@@ -280,6 +283,6 @@ pub async fn submit(
     } else {
         form::local_errors(&doc, parse_errors)
     };
-    let page = build_page(&state, &values, &errors, String::new()).await;
+    let page = build_page(&state, &headers, &values, &errors, String::new()).await;
     Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page))
 }

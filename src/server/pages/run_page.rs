@@ -8,7 +8,7 @@ use crate::server::AppState;
 use crate::train::events::metric;
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -88,6 +88,7 @@ fn queue_value(name: &str, v: Option<f64>) -> String {
 /// GET /runs/{id}
 pub async fn page(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
     Query(query): Query<RunQuery>,
 ) -> Result<Response, PageError> {
@@ -99,11 +100,20 @@ pub async fn page(
         Some("resume") => "The run is queued again and continues from its last full checkpoint.",
         _ => "",
     };
-    render_page(&state, id, flash.to_string(), false, StatusCode::OK).await
+    render_page(
+        &state,
+        &headers,
+        id,
+        flash.to_string(),
+        false,
+        StatusCode::OK,
+    )
+    .await
 }
 
 async fn render_page(
     state: &AppState,
+    headers: &HeaderMap,
     id: i64,
     flash: String,
     flash_bad: bool,
@@ -164,7 +174,7 @@ async fn render_page(
         "cancellable_states": view::cancellable_states(),
     });
     let page = RunPage {
-        layout: Layout::new(""),
+        layout: Layout::for_request("", state, headers),
         can_cancel: view::can_cancel(&run.state),
         can_resume: view::can_resume(&run.state),
         run: RunView::new(&run),
@@ -196,24 +206,30 @@ fn back_to_run(id: i64, done: &str) -> Response {
 /// POST /runs/{id}/cancel: 303 back to the run, or the run page with the reason (409).
 pub async fn cancel(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Response, PageError> {
     let id = parse_run_id(&raw_id)?;
     match backend::cancel_run(&state, id).await? {
         Ok(()) => Ok(back_to_run(id, "cancel")),
-        Err(problem) => render_page(&state, id, problem, true, StatusCode::CONFLICT).await,
+        Err(problem) => {
+            render_page(&state, &headers, id, problem, true, StatusCode::CONFLICT).await
+        }
     }
 }
 
 /// POST /runs/{id}/resume: 303 back to the run, or the run page with the reason (409).
 pub async fn resume(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(raw_id): Path<String>,
 ) -> Result<Response, PageError> {
     let id = parse_run_id(&raw_id)?;
     match backend::resume_run(&state, id).await? {
         Ok(()) => Ok(back_to_run(id, "resume")),
-        Err(problem) => render_page(&state, id, problem, true, StatusCode::CONFLICT).await,
+        Err(problem) => {
+            render_page(&state, &headers, id, problem, true, StatusCode::CONFLICT).await
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use super::{backend, render, Layout, PageError};
 use crate::server::AppState;
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use std::cmp::Ordering;
@@ -147,8 +147,10 @@ fn href(state: &str, sort: &str) -> String {
 
 pub async fn page(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(query): Query<RunsQuery>,
 ) -> Result<Response, PageError> {
+    let (state, headers) = (&state, &headers);
     let filter = query.state.unwrap_or_default();
     if !filter.is_empty() && !STATES.contains(&filter.as_str()) {
         return Err(PageError::bad_request(format!(
@@ -166,7 +168,7 @@ pub async fn page(
         )));
     };
 
-    let all = backend::list_runs(&state).await?;
+    let all = backend::list_runs(state).await?;
     let mut tabs = vec![Tab {
         label: "All".into(),
         href: href("", &sort),
@@ -216,7 +218,7 @@ pub async fn page(
         .collect();
 
     let page = RunsPage {
-        layout: Layout::new("runs"),
+        layout: Layout::for_request("runs", state, headers),
         tabs,
         columns,
         rows: shown.iter().map(RunView::new).collect(),
