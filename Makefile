@@ -27,7 +27,7 @@ doctor: build
 	./target/release/moco-server doctor
 
 bench: setup
-	cargo bench --bench step --bench augment
+	cargo bench --bench step --bench augment --bench server
 
 lint: setup
 	cargo fmt --check

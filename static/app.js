@@ -91,8 +91,8 @@ const Moco = (() => {
     const pct = Math.round((run.progress || 0) * 1000) / 10;
     // The summary's epoch is 1-based (0 before the first step).
     const epoch = Math.max(0, Math.min(run.epoch, run.epochs));
-    let text = pct.toFixed(1) + " % · epoch " + epoch + "/" + run.epochs +
-      " · step " + run.step + "/" + run.total_steps;
+    const steps = run.total_steps > 0 ? run.step + "/" + run.total_steps : String(run.step);
+    let text = pct.toFixed(1) + " % · epoch " + epoch + "/" + run.epochs + " · step " + steps;
     if (run.state === "running" && isNum(run.eta_seconds)) text += " · ETA " + duration(run.eta_seconds);
     return text;
   }
@@ -233,7 +233,9 @@ const Moco = (() => {
           dash: s.dash,
           scale: s.scale || "y",
           spanGaps: true,
-          points: { show: s.points || false, size: 5 },
+          // Points always for sparse series (per epoch); otherwise uPlot's default, which shows
+          // them only while they are far apart (a single step is still visible).
+          points: s.points ? { show: true, size: 5 } : { size: 4 },
           value: (u, v) => (v == null ? "—" : num(v)),
         }))
       );

@@ -132,7 +132,26 @@
     }
   }
 
+  let lastSummary = null;
+
+  // Between summary refreshes, the step of each metrics event moves the progress bar.
+  function applyMetricsProgress(m) {
+    if (!lastSummary || !(lastSummary.total_steps > 0) || m.step <= lastSummary.step) return;
+    const run = Object.assign({}, lastSummary, {
+      step: m.step,
+      epoch: Math.max(lastSummary.epoch, m.epoch + 1),
+      progress: Math.min(1, m.step / lastSummary.total_steps),
+    });
+    if (m.values && Moco.isNum(m.values.loss)) run.last_loss = m.values.loss;
+    if (m.values && Moco.isNum(m.values.images_per_sec)) run.images_per_sec = m.values.images_per_sec;
+    lastSummary = run;
+    Moco.updateProgress($("run-progress"), run);
+    setStat("last_loss", Moco.num(run.last_loss));
+    setStat("images_per_sec", Moco.isNum(run.images_per_sec) ? Moco.fixed(run.images_per_sec, 1) : "—");
+  }
+
   function applySummary(run) {
+    lastSummary = run;
     applyState(run.state, run.error);
     Moco.updateProgress($("run-progress"), run);
     setStat("last_loss", Moco.num(run.last_loss));
@@ -254,6 +273,7 @@
       });
     on("metrics", (m) => {
       Object.entries(m.values || {}).forEach(([name, value]) => store.add(name, m.step, value));
+      applyMetricsProgress(m);
       redraw();
     });
     on("evaluation", (e, id) => {
@@ -282,10 +302,21 @@
       }
     });
     summaryTimer = setInterval(refreshSummary, 3000);
+    refreshSummary();
   }
 
   backfill().catch((err) => console.warn("backfill failed", err));
   if (!TERMINAL.has(state)) startLive();
+
+  // Cancelling stops the training (it can be resumed later): ask first, a stray click is costly.
+  const cancelForm = $("cancel-form");
+  if (cancelForm) {
+    cancelForm.addEventListener("submit", (e) => {
+      if (!window.confirm("Cancel this run? It stops after the current step and keeps a resumable checkpoint.")) {
+        e.preventDefault();
+      }
+    });
+  }
 
   // A resumed run becomes queued again: follow it live once more.
   const resumeForm = $("resume-form");

@@ -9,9 +9,12 @@ use dashboard_support::{Browser, Server};
 use fantoccini::Locator;
 use std::time::Duration;
 
-/// Records every text the run page's state badge shows, from the first paint on (installed before
-/// any page script runs, so no transition is missed).
+/// Records script errors on every page, and every text the run page's state badge shows from the
+/// first paint on (installed before any page script runs, so no transition is missed).
 const STATE_RECORDER: &str = r#"
+window.__errors = [];
+window.addEventListener("error", (e) => window.__errors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => window.__errors.push(String(e.reason)));
 window.__states = [];
 document.addEventListener("DOMContentLoaded", () => {
   const badge = document.getElementById("run-state");
@@ -47,6 +50,12 @@ async fn fill(b: &Browser, fields: &[(&str, &str)]) {
     }
 }
 
+/// The page's scripts ran without an error.
+async fn assert_no_script_errors(b: &Browser, page: &str) {
+    let errors = b.js("return window.__errors || [];").await;
+    assert_eq!(errors, serde_json::json!([]), "script errors on {page}");
+}
+
 fn run_id_from(url: &str) -> i64 {
     url.rsplit('/')
         .next()
@@ -72,6 +81,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         b.text("#runs-empty").await.contains("No runs yet"),
         "empty runs page"
     );
+    assert_no_script_errors(&b, "dashboard-01-runs-empty").await;
     b.screenshot("dashboard-01-runs-empty").await;
 
     // The form: preset cifar, the tiny settings (most under "Advanced settings").
@@ -123,6 +133,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         rule.starts_with("✓ queue_size 256 = 8 × batch_size = 32"),
         "{rule}"
     );
+    assert_no_script_errors(&b, "dashboard-02-new-run-filled").await;
     b.screenshot_full("dashboard-02-new-run-filled", 1280).await;
     b.client
         .find(Locator::Id("start-run"))
@@ -247,6 +258,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         .unwrap()
         .parse()
         .unwrap();
+    assert_no_script_errors(&b, "dashboard-04-run-completed").await;
     b.screenshot_full("dashboard-04-run-completed", 1280).await;
     link.click().await.unwrap();
     let downloaded = b
@@ -288,6 +300,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
     );
     let knn = b.text(&format!("{row} [data-field=best_knn]")).await;
     assert!(knn.ends_with(" %"), "best kNN {knn:?}");
+    assert_no_script_errors(&b, "dashboard-05-runs").await;
     b.screenshot("dashboard-05-runs").await;
 
     // A bad form: K not a multiple of the batch. The error sits beside queue_size, the typed
@@ -349,6 +362,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         .unwrap()
         .path()
         .ends_with("/runs/new"));
+    assert_no_script_errors(&b, "dashboard-06-form-error").await;
     b.screenshot_full("dashboard-06-form-error", 1280).await;
     let runs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM runs")
         .fetch_one(&pool)
@@ -477,6 +491,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         .unwrap()
         .as_str()
         .contains("momentum"));
+    assert_no_script_errors(&b, "dashboard-09-compare").await;
     b.screenshot_full("dashboard-09-compare", 1280).await;
 
     // For people: the pages on a phone and in the dark colour scheme.
@@ -520,6 +535,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         background, "rgb(15, 18, 22)",
         "the dark scheme follows the system"
     );
+    assert_no_script_errors(&b, "dashboard-08-dark-run").await;
     b.screenshot_full("dashboard-08-dark-run", 1280).await;
 
     b.client.clone().close().await.unwrap();

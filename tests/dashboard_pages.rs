@@ -103,6 +103,19 @@ async fn wait_for_state(server: &Server, id: i64, wanted: &[&str]) -> serde_json
     }
 }
 
+/// Waits until run `id` has finished, whichever way.
+async fn wait_for_state_or_failure(server: &Server, id: i64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let run = run_json(server, id).await;
+        if !["queued", "running"].contains(&run["state"].as_str().unwrap()) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} never finished");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn count_runs(server: &Server) -> usize {
     let body: serde_json::Value = client()
         .get(server.at("/api/runs"))
@@ -333,6 +346,14 @@ async fn the_form_validates_keeps_values_and_starts_a_run() {
 #[tokio::test]
 async fn runs_list_filters_sorts_compares_and_cancels() {
     let tmp = tempfile::tempdir().unwrap();
+    // A folder of "images" that are not images (for a run that fails).
+    for class in ["cat", "dog"] {
+        let dir = tmp.path().join("broken").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..3 {
+            std::fs::write(dir.join(format!("{i}.jpg")), b"not an image").unwrap();
+        }
+    }
     let server = Server::start(tmp.path());
     let (_, empty) = get(&server.at("/")).await;
     assert!(empty.contains("No runs yet"));
@@ -394,6 +415,49 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
     );
     assert!(partial.contains("There is no run 7."));
 
+    // A run that fails shows why, in the error box and in the log, and offers to resume: an
+    // image folder whose files are not images passes the start checks but cannot be read.
+    let (_, form_page) = get(&server.at("/runs/new")).await;
+    assert!(
+        form_page.contains("<option value=\"image_folder:broken\">"),
+        "the picker lists the folder"
+    );
+    let mut broken = tiny("broken");
+    broken.retain(|(k, _)| !["dataset", "batch_size", "shuffle_bn_splits"].contains(k));
+    broken.extend([
+        ("dataset", "image_folder:broken"),
+        ("batch_size", "2"),
+        ("shuffle_bn_splits", "1"),
+    ]);
+    let res = post_form(&server.at("/runs/new"), &broken).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/runs/3");
+    let failed = wait_for_state_or_failure(&server, 3).await;
+    assert_eq!(failed["state"], "failed");
+    let error = failed["error"].as_str().unwrap().to_string();
+    assert!(!error.is_empty());
+    let (_, page) = get(&server.at("/runs/3")).await;
+    let error_box = field_html(&page, "run-error");
+    assert!(
+        !error_box.starts_with("id=\"run-error\" hidden"),
+        "{error_box}"
+    );
+    let escaped = error
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let escaped = escaped.replace('"', "&#34;").replace('\'', "&#39;");
+    assert!(error_box.contains(&escaped), "{error} not in {error_box}");
+    assert!(
+        page.contains("state: failed — "),
+        "the log names the failure"
+    );
+    assert!(page.contains("lvl lvl-error"));
+    assert!(
+        !page.contains("id=\"resume-form\" hidden"),
+        "failed runs offer resume"
+    );
+
     // A completed run cannot be cancelled: the page says why (409).
     let res = post_form(&server.at("/runs/1/cancel"), &[]).await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
@@ -405,30 +469,30 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
     long.retain(|(k, _)| *k != "epochs");
     long.push(("epochs", "500"));
     let res = post_form(&server.at("/runs/new"), &long).await;
-    assert_eq!(res.headers()["location"], "/runs/3");
-    wait_for_state(&server, 3, &["running"]).await;
-    let (_, page) = get(&server.at("/runs/3")).await;
+    assert_eq!(res.headers()["location"], "/runs/4");
+    wait_for_state(&server, 4, &["running"]).await;
+    let (_, page) = get(&server.at("/runs/4")).await;
     assert!(
         !page.contains("id=\"cancel-form\" hidden"),
         "running runs offer cancel"
     );
-    let res = post_form(&server.at("/runs/3/cancel"), &[]).await;
+    let res = post_form(&server.at("/runs/4/cancel"), &[]).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(res.headers()["location"], "/runs/3?done=cancel");
-    wait_for_state(&server, 3, &["cancelled"]).await;
-    let (_, page) = get(&server.at("/runs/3?done=cancel")).await;
+    assert_eq!(res.headers()["location"], "/runs/4?done=cancel");
+    wait_for_state(&server, 4, &["cancelled"]).await;
+    let (_, page) = get(&server.at("/runs/4?done=cancel")).await;
     assert!(page.contains("Cancel requested"));
     assert!(
         !page.contains("id=\"resume-form\" hidden"),
         "cancelled runs offer resume"
     );
-    let res = post_form(&server.at("/runs/3/resume"), &[]).await;
+    let res = post_form(&server.at("/runs/4/resume"), &[]).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(res.headers()["location"], "/runs/3?done=resume");
-    wait_for_state(&server, 3, &["queued", "running"]).await;
-    let res = post_form(&server.at("/runs/3/cancel"), &[]).await;
+    assert_eq!(res.headers()["location"], "/runs/4?done=resume");
+    wait_for_state(&server, 4, &["queued", "running"]).await;
+    let res = post_form(&server.at("/runs/4/cancel"), &[]).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    wait_for_state(&server, 3, &["cancelled"]).await;
+    wait_for_state(&server, 4, &["cancelled"]).await;
 }
 
 #[tokio::test]

@@ -63,10 +63,58 @@ fn train(
     (outcome, observer)
 }
 
+/// Cancels the run once a metric record reaches `step`.
+struct CancelAt {
+    stop: StopFlag,
+    step: i64,
+    inner: CollectingObserver,
+}
+
+impl moco_server::train::events::Observer for CancelAt {
+    fn on_event(&mut self, event: TrainEvent) {
+        if let TrainEvent::Metrics(m) = &event {
+            if m.step >= self.step {
+                self.stop.cancel();
+            }
+        }
+        self.inner.on_event(event);
+    }
+}
+
+fn train_until(cfg: &RunConfig, run_dir: &Path, step: i64) -> (RunOutcome, CollectingObserver) {
+    let stop = StopFlag::new();
+    let mut observer = CancelAt {
+        stop: stop.clone(),
+        step,
+        inner: CollectingObserver::default(),
+    };
+    let outcome = run_training(
+        &TrainRequest {
+            config: cfg.clone(),
+            data_dir: run_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            device: Device::Cpu,
+            stop,
+            resume_from: None,
+        },
+        &mut observer,
+    )
+    .unwrap();
+    (outcome, observer.inner)
+}
+
 #[test]
 fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = tiny(json!({"epochs": 6, "knn_every": 3}));
+    // Small enough for two CPU cores in a minute or two: a narrow ResNet-18, a queue far smaller
+    // than the training set (so it never holds earlier keys of the images being contrasted) and
+    // a constant learning rate (a cosine schedule spends most of such a short run near zero).
+    let cfg = tiny(json!({
+        "width": 8, "batch_size": 32, "queue_size": 128, "base_lr": 0.015, "lr_base_batch": 32,
+        "lr_schedule": "step", "lr_milestones": [], "epochs": 6, "knn_every": 3,
+        "metrics_every": 16, "loader_threads": 1,
+        "dataset": {"synthetic_train": 2048, "synthetic_test": 400}
+    }));
     let baseline =
         moco_server::train::trainer::random_init_knn(&cfg, dir.path(), Device::Cpu).unwrap();
     let (outcome, observer) = train(&cfg, dir.path(), None);
@@ -77,27 +125,29 @@ fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
     else {
         panic!("run did not complete: {outcome:?}");
     };
-    assert_eq!(step, 6 * 8);
+    assert_eq!(step, 6 * 64);
     let evals: Vec<(i64, f64)> = observer.evaluations().collect();
     assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 6]);
     assert!(
-        trained > baseline + 10.0,
+        trained > baseline + 5.0,
         "kNN top-1 after training {trained:.1}% vs random init {baseline:.1}%"
     );
-    // The loss went down and every metric of the dashboard was reported.
+    // The loss went down, the queue spread out, and every metric of the dashboard was reported.
     let metrics: Vec<_> = observer.metrics().collect();
-    let first = metrics.first().unwrap().values["loss"];
-    let last = metrics.last().unwrap().values["loss"];
-    assert!(last < first, "loss {first} → {last}");
+    let first = metrics.first().unwrap();
+    let last = metrics.last().unwrap();
+    assert!(last.values["loss"] < first.values["loss"], "loss did not fall");
+    assert!(
+        last.values["queue_similarity"] < first.values["queue_similarity"],
+        "queue similarity did not fall"
+    );
     for name in moco_server::train::events::metric::ALL {
         if name != "device_memory_mb" {
-            assert!(
-                metrics.last().unwrap().values.contains_key(name),
-                "{name} missing"
-            );
+            assert!(last.values.contains_key(name), "{name} missing");
         }
     }
-    assert_eq!(metrics.last().unwrap().values["queue_fill"], 1.0);
+    assert_eq!(last.values["queue_fill"], 1.0);
+    assert_eq!(last.values["key_age_max"], 3.0, "K = 4 batches: keys are 0 to 3 steps old");
     // A full checkpoint and the encoder export were written and announced.
     let kinds: Vec<CheckpointKind> = observer.checkpoints().map(|c| c.kind).collect();
     assert_eq!(kinds, vec![CheckpointKind::Full, CheckpointKind::Encoder]);
@@ -116,17 +166,14 @@ fn resume_continues_exactly() {
         "{outcome:?}"
     );
 
-    // One epoch, then resume from its checkpoint for the second.
+    // The same run stopped after its first epoch, then resumed from its checkpoint.
     let split_dir = tempfile::tempdir().unwrap();
-    let first_half = tiny(json!({"epochs": 1, "knn_every": 0}));
-    let (outcome, first) = train(&first_half, split_dir.path(), None);
-    assert!(
-        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
-        "{outcome:?}"
-    );
+    let (outcome, first) = train_until(&cfg, split_dir.path(), 8);
+    assert_eq!(outcome, RunOutcome::Cancelled { step: 8 });
     let ckpt = first
         .checkpoints()
-        .find(|c| c.kind == CheckpointKind::Full)
+        .filter(|c| c.kind == CheckpointKind::Full)
+        .last()
         .unwrap()
         .path
         .clone();
@@ -196,36 +243,16 @@ fn resume_continues_exactly() {
 fn cancel_writes_a_checkpoint_and_stops_within_a_step() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = tiny(json!({"epochs": 50, "knn_every": 0}));
-    let stop = StopFlag::new();
-    let stopper = stop.clone();
-    struct CancelAfter(StopFlag, CollectingObserver);
-    impl moco_server::train::events::Observer for CancelAfter {
-        fn on_event(&mut self, event: TrainEvent) {
-            if let TrainEvent::Metrics(m) = &event {
-                if m.step >= 4 {
-                    self.0.cancel();
-                }
-            }
-            self.1.on_event(event);
-        }
-    }
-    let mut observer = CancelAfter(stopper, CollectingObserver::default());
-    let outcome = run_training(
-        &TrainRequest {
-            config: cfg,
-            data_dir: dir.path().into(),
-            run_dir: dir.path().into(),
-            device: Device::Cpu,
-            stop,
-            resume_from: None,
-        },
-        &mut observer,
-    )
-    .unwrap();
+    let (outcome, observer) = train_until(&cfg, dir.path(), 4);
     assert_eq!(outcome, RunOutcome::Cancelled { step: 4 });
-    let ckpt: Vec<_> = observer.1.checkpoints().collect();
+    let ckpt: Vec<_> = observer.checkpoints().collect();
     assert_eq!(ckpt.len(), 1);
     assert_eq!((ckpt[0].kind, ckpt[0].step), (CheckpointKind::Full, 4));
+    // The checkpoint resumes mid-epoch: 8 steps per epoch, 4 done.
+    let (tensors, meta) = read_safetensors(&ckpt[0].path, Device::Cpu).unwrap();
+    let state: Value = serde_json::from_str(&meta["state"]).unwrap();
+    assert_eq!((state["epoch"].as_i64(), state["batch_in_epoch"].as_i64()), (Some(0), Some(4)));
+    assert!(tensors.iter().any(|(n, _)| n == "optimizer.momentum_buffer"));
 }
 
 #[test]

@@ -381,7 +381,7 @@ impl Augmenter {
         let p1 = self.plan(&self.views[0], n, h, w, rng, &mut up);
         let p2 = self.plan(&self.views[1], n, h, w, rng, &mut up);
         let (floats, ints) = up.to_device(images_u8.device());
-        let source = images_u8.to_kind(Kind::Float);
+        let source = to_unit_float(images_u8);
         let v1 = self.run(&p1, &source, n, &floats, &ints);
         let v2 = self.run(&p2, &source, n, &floats, &ints);
         (v1, v2)
@@ -395,7 +395,7 @@ impl Augmenter {
         self.push_normalisation(&mut up);
         let plan = self.plan(spec, n, h, w, rng, &mut up);
         let (floats, ints) = up.to_device(images_u8.device());
-        let source = images_u8.to_kind(Kind::Float);
+        let source = to_unit_float(images_u8);
         self.run(&plan, &source, n, &floats, &ints)
     }
 
@@ -406,7 +406,7 @@ impl Augmenter {
         let _guard = tch::no_grad_guard();
         let (_n, h, w) = check_batch(images_u8);
         let s = self.out_size;
-        let mut x = images_u8.to_kind(Kind::Float) / 255.0;
+        let mut x = to_unit_float(images_u8);
         if (h, w) != (s, s) {
             let short = h.min(w);
             let target = if short <= s {
@@ -433,7 +433,7 @@ impl Augmenter {
         let mut up = Upload::default();
         self.push_normalisation(&mut up);
         let (floats, _) = up.to_device(images_u8.device());
-        normalise(&x, &floats)
+        normalise(x, &floats)
     }
 
     /// floats[0..3] = mean, floats[3..6] = 1 / std.
@@ -576,20 +576,26 @@ impl Augmenter {
         let grid = Tensor::affine_grid_generator(&theta, [n, 3, s, s], false)
             .clamp_tensor(Some(bounds.narrow(3, 0, 2)), Some(bounds.narrow(3, 2, 2)));
         // Bilinear (0), border padding (1): edge samples never blend with black.
-        let mut x = source.grid_sampler(&grid, 0, 1, false) / 255.0;
+        let mut x = source.grid_sampler(&grid, 0, 1, false);
         for step in &plan.steps {
             let params = floats.narrow(0, step.param as i64, step.n as i64);
             if step.all {
-                x = apply(step.kernel, &x, &params);
+                x = apply(step.kernel, x, &params);
             } else {
                 let idx = ints.narrow(0, step.idx as i64, step.n as i64);
-                let sub = x.index_select(0, &idx);
-                let sub = apply(step.kernel, &sub, &params);
+                let sub = apply(step.kernel, x.index_select(0, &idx), &params);
                 let _ = x.index_copy_(0, &idx, &sub);
             }
         }
-        normalise(&x, floats)
+        normalise(x, floats)
     }
+}
+
+/// uint8 → float in [0, 1].
+fn to_unit_float(images_u8: &Tensor) -> Tensor {
+    let mut x = images_u8.to_kind(Kind::Float);
+    x *= 1.0 / 255.0;
+    x
 }
 
 fn check_batch(images: &Tensor) -> (i64, i64, i64) {
@@ -603,19 +609,19 @@ fn check_batch(images: &Tensor) -> (i64, i64, i64) {
     (size[0], size[2], size[3])
 }
 
-/// (x − mean) / std with mean at floats[0..3] and 1/std at floats[3..6].
-fn normalise(x: &Tensor, floats: &Tensor) -> Tensor {
-    let mean = floats.narrow(0, 0, 3).view([1, 3, 1, 1]);
-    let inv_std = floats.narrow(0, 3, 3).view([1, 3, 1, 1]);
-    (x - mean) * inv_std
+/// (x − mean) / std in place, with mean at floats[0..3] and 1/std at floats[3..6].
+fn normalise(mut x: Tensor, floats: &Tensor) -> Tensor {
+    x -= floats.narrow(0, 0, 3).view([1, 3, 1, 1]);
+    x *= floats.narrow(0, 3, 3).view([1, 3, 1, 1]);
+    x
 }
 
 /// torchvision's `rgb_to_grayscale` of float `[N, 3, H, W]`: `[N, 1, H, W]`.
 pub fn grayscale(x: &Tensor) -> Tensor {
-    let r = x.narrow(1, 0, 1);
-    let g = x.narrow(1, 1, 1);
-    let b = x.narrow(1, 2, 1);
-    r * GRAY[0] + g * GRAY[1] + b * GRAY[2]
+    let mut gray = x.narrow(1, 0, 1) * GRAY[0];
+    gray += x.narrow(1, 1, 1) * GRAY[1];
+    gray += x.narrow(1, 2, 1) * GRAY[2];
+    gray
 }
 
 fn clamp01(mut x: Tensor) -> Tensor {
@@ -623,25 +629,42 @@ fn clamp01(mut x: Tensor) -> Tensor {
     x
 }
 
-/// torchvision's `_blend`: `f·x + (1 − f)·other`, clamped to [0, 1].
-fn blend(x: &Tensor, other: &Tensor, f: &Tensor) -> Tensor {
-    clamp01(other + (x - other) * f)
+/// torchvision's `_blend` in place: `f·x + (1 − f)·other`, clamped to [0, 1].
+fn blend_(mut x: Tensor, other: &Tensor, f: &Tensor) -> Tensor {
+    x -= other;
+    x *= f;
+    x += other;
+    clamp01(x)
 }
 
 /// torchvision's `adjust_brightness` with one factor per sample (`[N, 1, 1, 1]`).
 pub fn adjust_brightness(x: &Tensor, factor: &Tensor) -> Tensor {
-    clamp01(x * factor)
+    brightness_(x.copy(), factor)
+}
+
+fn brightness_(mut x: Tensor, factor: &Tensor) -> Tensor {
+    x *= factor;
+    clamp01(x)
 }
 
 /// torchvision's `adjust_contrast`: blend with the mean of the grayscale image.
 pub fn adjust_contrast(x: &Tensor, factor: &Tensor) -> Tensor {
-    let mean = grayscale(x).mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
-    blend(x, &mean, factor)
+    contrast_(x.copy(), factor)
+}
+
+fn contrast_(x: Tensor, factor: &Tensor) -> Tensor {
+    let mean = grayscale(&x).mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
+    blend_(x, &mean, factor)
 }
 
 /// torchvision's `adjust_saturation`: blend with the grayscale image.
 pub fn adjust_saturation(x: &Tensor, factor: &Tensor) -> Tensor {
-    blend(x, &grayscale(x), factor)
+    saturation_(x.copy(), factor)
+}
+
+fn saturation_(x: Tensor, factor: &Tensor) -> Tensor {
+    let gray = grayscale(&x);
+    blend_(x, &gray, factor)
 }
 
 /// Inverts values at or above `threshold` (torchvision's `solarize` on float images).
@@ -650,47 +673,72 @@ pub fn solarize(x: &Tensor, threshold: f64) -> Tensor {
     inverted.where_self(&x.ge(threshold), x)
 }
 
-/// One kernel on `x` ([n, 3, S, S] in [0, 1]) with one parameter per sample.
-fn apply(kernel: Kernel, x: &Tensor, params: &Tensor) -> Tensor {
+/// One kernel on `x` ([n, 3, S, S] in [0, 1], owned: changed in place where the kernel can)
+/// with one parameter per sample.
+fn apply(kernel: Kernel, x: Tensor, params: &Tensor) -> Tensor {
     let n = x.size()[0];
     let per_sample = || params.view([n, 1, 1, 1]);
     match kernel {
-        Kernel::Brightness => adjust_brightness(x, &per_sample()),
-        Kernel::Contrast => adjust_contrast(x, &per_sample()),
-        Kernel::Saturation => adjust_saturation(x, &per_sample()),
-        Kernel::Hue => adjust_hue(x, &per_sample()),
-        Kernel::Grayscale => grayscale(x).expand([n, 3, -1, -1], false),
-        Kernel::Blur => gaussian_blur(x, params),
-        Kernel::Solarize { threshold } => solarize(x, threshold),
+        Kernel::Brightness => brightness_(x, &per_sample()),
+        Kernel::Contrast => contrast_(x, &per_sample()),
+        Kernel::Saturation => saturation_(x, &per_sample()),
+        Kernel::Hue => hue_(x, &per_sample()),
+        Kernel::Grayscale => {
+            let gray = grayscale(&x);
+            let mut x = x;
+            x.copy_(&gray.expand([n, 3, -1, -1], false));
+            x
+        }
+        Kernel::Blur => gaussian_blur(&x, params),
+        Kernel::Solarize { threshold } => solarize(&x, threshold),
     }
 }
 
-/// torchvision's `adjust_hue`: shift the hue in HSV space by `shift` (a fraction of the circle).
+/// torchvision's `adjust_hue`: shift the hue in HSV space by `shift` (a fraction of the circle,
+/// `[N, 1, 1, 1]`).
 ///
 /// With V = max(r, g, b) and C = max − min, HSV → RGB is `V − C·clamp(min(k, 4 − k), 0, 1)` with
 /// `k = (n + 6H) mod 6` for n = 5, 3, 1 (R, G, B), so the round trip needs only 6H from RGB.
 pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Tensor {
-    let r = x.narrow(1, 0, 1);
-    let g = x.narrow(1, 1, 1);
-    let b = x.narrow(1, 2, 1);
+    hue_(x.copy(), shift)
+}
+
+fn hue_(mut x: Tensor, shift: &Tensor) -> Tensor {
     let maxc = x.amax(1i64, true);
-    let minc = x.amin(1i64, true);
-    let chroma = &maxc - &minc;
-    let inv = chroma.where_scalarother(&chroma.gt(0.0), 1.0).reciprocal();
-    let h_r = (&g - &b) * &inv;
-    let h_g = (&b - &r) * &inv + 2.0;
-    let h_b = (&r - &g) * &inv + 4.0;
-    let is_r = maxc.eq_tensor(&r);
-    let is_g = maxc.eq_tensor(&g);
-    // Six times the hue (in [-1, 5)), plus the shift; the mod below wraps it.
-    let h6 = h_r.where_self(&is_r, &h_g.where_self(&is_g, &h_b)) + shift * 6.0;
-    // n = 5, 3, 1, made on the device (a host copy would synchronise a CUDA stream).
+    let chroma = &maxc - x.amin(1i64, true);
+    let six_h = {
+        let r = x.narrow(1, 0, 1);
+        let g = x.narrow(1, 1, 1);
+        let b = x.narrow(1, 2, 1);
+        let inv = chroma
+            .where_scalarother(&chroma.gt(0.0), 1.0)
+            .reciprocal();
+        let mut h_r = &g - &b;
+        h_r *= &inv;
+        let mut h_g = &b - &r;
+        h_g *= &inv;
+        h_g += 2.0;
+        let mut h_b = &r - &g;
+        h_b *= &inv;
+        h_b += 4.0;
+        let mut h6 = h_r.where_self(&maxc.eq_tensor(&r), &h_g.where_self(&maxc.eq_tensor(&g), &h_b));
+        h6 += shift * 6.0;
+        h6
+    };
+    // k = (n + 6H) mod 6 for n = 5, 3, 1, written over x (no longer needed); the offsets are
+    // made on the device (a host copy would synchronise a CUDA stream).
     let offsets =
         Tensor::arange_start_step(5, 0, -2, (Kind::Float, x.device())).view([1, 3, 1, 1]);
-    let k = (h6 + offsets).remainder(6.0);
-    let reverse: Tensor = 4.0 - &k;
-    let ramp = clamp01(k.minimum(&reverse));
-    maxc - chroma * ramp
+    let _ = six_h.add_out(&x, &offsets);
+    let _ = x.remainder_(6.0);
+    let mut reverse = x.neg();
+    reverse += 4.0;
+    let _ = x.clamp_max_tensor_(&reverse);
+    let mut x = clamp01(x);
+    x *= &chroma;
+    let _ = x.neg_();
+    x += &maxc;
+    x
 }
 
 /// Per-sample Gaussian blur (`sigma`: `[N]`): separable, reflection padding, one grouped

@@ -1,9 +1,12 @@
 //! The built-in synthetic dataset: procedurally drawn shapes in ten classes.
 //!
-//! Each image is one shape (the class) in a random colour, size, position and slight rotation, on a
-//! random two-colour gradient background with pixel noise. Colour, size and position carry no
-//! information about the class, so a kNN classifier on encoder features scores well only when the
-//! encoder has learned shape: a random-init network does clearly worse than a MoCo-trained one.
+//! Each image is a wallpaper of one shape (the class): copies on a regular grid with a random cell
+//! size, offset and slight rotation, in a random colour, on a random two-colour gradient
+//! background with pixel noise. Colour, size and position carry no information about the class,
+//! so a kNN classifier on encoder features scores well only when the encoder looks past colour to
+//! shape. Repeating the shape keeps it in view under MoCo's random crops (a single small shape is
+//! often cropped away, leaving two views with nothing in common), so a short MoCo run already
+//! separates the classes.
 //!
 //! Images are drawn on demand from a generator seeded by (seed, split, index), so the set costs no
 //! memory, is identical on every machine, and needs no download.
@@ -167,10 +170,12 @@ fn draw(rng: &mut ChaCha8Rng, class: usize, size: usize, out: &mut [u8]) {
     let gradient_angle: f32 = rng.gen_range(0.0..std::f32::consts::TAU);
     let (gx, gy) = (gradient_angle.cos(), gradient_angle.sin());
     let noise: f32 = rng.gen_range(0.0..0.08);
-    // Half the side of the shape's box: 25–45% of the image side.
-    let half = s * rng.gen_range(0.25f32..0.45);
-    let cx = rng.gen_range(half..=(s - half).max(half));
-    let cy = rng.gen_range(half..=(s - half).max(half));
+    // Grid cells of 30–50% of the image side, each holding one copy of the shape at 80% of the
+    // cell, from a random origin.
+    let cell = s * rng.gen_range(0.30f32..0.50);
+    let half = cell * 0.4;
+    let ox: f32 = rng.gen_range(0.0..cell);
+    let oy: f32 = rng.gen_range(0.0..cell);
     // A small rotation keeps squares apart from diamonds and horizontal bars from vertical ones.
     let angle: f32 = rng.gen_range(-0.26f32..0.26);
     let (sin, cos) = angle.sin_cos();
@@ -178,8 +183,9 @@ fn draw(rng: &mut ChaCha8Rng, class: usize, size: usize, out: &mut [u8]) {
         for x in 0..size {
             let px = x as f32 + 0.5;
             let py = y as f32 + 0.5;
-            let dx = (px - cx) / half;
-            let dy = (py - cy) / half;
+            // Offset from the centre of this pixel's cell, in units of the shape's half side.
+            let dx = ((px - ox).rem_euclid(cell) - cell / 2.0) / half;
+            let dy = ((py - oy).rem_euclid(cell) - cell / 2.0) / half;
             let u = cos * dx + sin * dy;
             let v = -sin * dx + cos * dy;
             let colour = if inside(class, u, v) {

@@ -485,13 +485,15 @@ pub async fn request_cancel(pool: &SqlitePool, id: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a dead process left 'running' become 'interrupted'; returns their ids.
-pub async fn interrupt_stale(conn: &mut SqliteConnection) -> anyhow::Result<Vec<i64>> {
+/// Runs a dead process left 'running' become 'interrupted', with `reason` as their error;
+/// returns their ids.
+pub async fn interrupt_stale(conn: &mut SqliteConnection, reason: &str) -> anyhow::Result<Vec<i64>> {
     let ids: Vec<(i64,)> = sqlx::query_as(
-        "UPDATE runs SET state = 'interrupted', finished_at = ? WHERE state = 'running' \
-         RETURNING id",
+        "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ? \
+         WHERE state = 'running' RETURNING id",
     )
     .bind(super::now())
+    .bind(reason)
     .fetch_all(conn)
     .await
     .context("cannot mark runs left running as interrupted")?;

@@ -340,3 +340,99 @@ fn is_permanent(e: &anyhow::Error) -> bool {
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Preset, RunConfig};
+    use crate::train::events::{LogLevel, MetricRecord};
+
+    fn metrics(step: i64, loss: f64) -> TrainEvent {
+        TrainEvent::Metrics(MetricRecord {
+            step,
+            epoch: (step - 1) / 2,
+            values: [
+                ("loss".to_string(), loss),
+                ("images_per_sec".to_string(), 100.0),
+            ]
+            .into_iter()
+            .collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_an_unstorable_event_still_stores_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data_dir = tmp.path().canonicalize().unwrap();
+        let pool = db::open(&data_dir.join("t.sqlite")).await.unwrap();
+        let id = db::runs::insert(&pool, &RunConfig::preset(Preset::Cifar), "cpu")
+            .await
+            .unwrap();
+        let hub = Arc::new(EventHub::new());
+        let mut live = hub.subscribe();
+        let (finished_tx, mut finished_rx) = mpsc::unbounded_channel();
+        let recorder = Recorder {
+            pool: pool.clone(),
+            data_dir,
+            hub,
+            finished: finished_tx,
+        };
+        let (tx, rx) = mpsc::channel(64);
+        // Queued before the task starts, so they form one batch.
+        for msg in [
+            RecorderMsg::Train {
+                run_id: id,
+                event: metrics(1, 5.0),
+            },
+            // Run 999 does not exist: its rows violate the foreign key.
+            RecorderMsg::Train {
+                run_id: 999,
+                event: metrics(1, 1.0),
+            },
+            RecorderMsg::Train {
+                run_id: id,
+                event: metrics(2, 4.0),
+            },
+            RecorderMsg::Train {
+                run_id: id,
+                event: TrainEvent::Log {
+                    level: LogLevel::Warn,
+                    message: "hello".into(),
+                },
+            },
+            RecorderMsg::Finished {
+                run_id: id,
+                finished: Finished::Outcome(RunOutcome::Failed {
+                    step: 2,
+                    reason: "the loss became NaN".into(),
+                }),
+            },
+        ] {
+            tx.send(msg).await.unwrap();
+        }
+        drop(tx);
+        recorder.run(rx).await;
+
+        assert_eq!(finished_rx.recv().await, Some(id));
+        let series = db::metrics::series(&pool, id, &["loss".into()], 0, 100)
+            .await
+            .unwrap();
+        assert_eq!(series["loss"], vec![(1, 5.0), (2, 4.0)]);
+        let run = db::runs::get(&pool, id).await.unwrap().unwrap();
+        assert_eq!(run.state, RunState::Failed);
+        assert_eq!(run.error.as_deref(), Some("the loss became NaN"));
+        assert_eq!(run.step, 2);
+        assert_eq!(run.epoch, 1);
+        assert_eq!(run.last_loss, Some(4.0));
+        assert_eq!(run.images_per_sec, Some(100.0));
+        let events = db::events::after(&pool, id, 0, 100).await.unwrap();
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["metrics", "metrics", "log", "state"]);
+        // Broadcast in id order, after being stored.
+        let mut broadcast = Vec::new();
+        while let Ok(e) = live.try_recv() {
+            broadcast.push(e.id);
+        }
+        assert_eq!(broadcast, events.iter().map(|e| e.id).collect::<Vec<_>>());
+    }
+}

@@ -194,15 +194,13 @@ impl Scheduler {
         {
             let _guard = inner.hub.lock().await;
             let mut tx = inner.pool.begin().await?;
-            let ids = db::runs::interrupt_stale(&mut tx).await?;
+            let reason = "the server stopped while the run was training; resume it to continue \
+                          from its last checkpoint";
+            let ids = db::runs::interrupt_stale(&mut tx, reason).await?;
             let mut events = Vec::new();
             for id in &ids {
                 let step = step_of(&mut tx, *id).await?;
-                let data = state_data(
-                    RunState::Interrupted,
-                    Some("the server stopped while the run was training"),
-                    step,
-                );
+                let data = state_data(RunState::Interrupted, Some(reason), step);
                 events.push(db::events::insert(&mut tx, *id, "state", &data).await?);
             }
             tx.commit().await?;
@@ -623,15 +621,13 @@ impl Scheduler {
         let leftover: anyhow::Result<()> = async {
             let _guard = self.inner.hub.lock().await;
             let mut tx = self.inner.pool.begin().await?;
-            let ids = db::runs::interrupt_stale(&mut tx).await?;
+            let reason = "the server stopped before the run could save its state; resume it to \
+                          continue from its last checkpoint";
+            let ids = db::runs::interrupt_stale(&mut tx, reason).await?;
             let mut events = Vec::new();
             for id in ids {
                 let step = step_of(&mut tx, id).await?;
-                let data = state_data(
-                    RunState::Interrupted,
-                    Some("the server stopped before the run could save its state"),
-                    step,
-                );
+                let data = state_data(RunState::Interrupted, Some(reason), step);
                 events.push(db::events::insert(&mut tx, id, "state", &data).await?);
             }
             tx.commit().await?;

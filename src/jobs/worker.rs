@@ -207,3 +207,96 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         "unknown panic".to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::events::MetricRecord;
+
+    fn metrics(step: i64) -> TrainEvent {
+        TrainEvent::Metrics(MetricRecord {
+            step,
+            epoch: 0,
+            values: [("loss".to_string(), step as f64)].into_iter().collect(),
+        })
+    }
+
+    fn step_of(msg: &RecorderMsg) -> Option<i64> {
+        match msg {
+            RecorderMsg::Train {
+                event: TrainEvent::Metrics(m),
+                ..
+            } => Some(m.step),
+            _ => None,
+        }
+    }
+
+    /// Reads everything the observer hands over, on another thread, once it is started.
+    fn drain(mut rx: mpsc::Receiver<RecorderMsg>) -> std::thread::JoinHandle<Vec<RecorderMsg>> {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while let Some(m) = rx.blocking_recv() {
+                out.push(m);
+            }
+            out
+        })
+    }
+
+    #[test]
+    fn a_full_channel_never_blocks_training_and_loses_nothing() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut observer = ChannelObserver::new(7, tx);
+        // Nobody reads yet: a blocking observer would hang here.
+        for step in 1..=100 {
+            observer.on_event(metrics(step));
+        }
+        assert_eq!(observer.pending.len(), 96);
+        let reader = drain(rx);
+        observer.finish(Finished::Outcome(RunOutcome::Completed {
+            step: 100,
+            final_knn_top1: None,
+        }));
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), 101);
+        let steps: Vec<i64> = got.iter().filter_map(step_of).collect();
+        assert_eq!(steps, (1..=100).collect::<Vec<_>>());
+        assert!(matches!(
+            got.last(),
+            Some(RecorderMsg::Finished { run_id: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn past_the_buffer_limit_only_the_oldest_metrics_are_dropped() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut observer = ChannelObserver::new(1, tx);
+        observer.on_event(metrics(0));
+        observer.on_event(TrainEvent::Log {
+            level: LogLevel::Info,
+            message: "kept".into(),
+        });
+        let extra = 10;
+        for step in 1..=(MAX_PENDING as i64 + extra) {
+            observer.on_event(metrics(step));
+        }
+        assert_eq!(observer.pending.len(), MAX_PENDING);
+        assert!(observer.dropped_metrics > 0);
+        let dropped = observer.dropped_metrics;
+        let reader = drain(rx);
+        observer.finish(Finished::Error("boom".into()));
+        let got = reader.join().unwrap();
+        assert!(got.iter().any(|m| matches!(
+            m,
+            RecorderMsg::Train { event: TrainEvent::Log { message, .. }, .. } if message == "kept"
+        )));
+        let warning = format!("{dropped} metric records were dropped");
+        assert!(got.iter().any(|m| matches!(
+            m,
+            RecorderMsg::Train { event: TrainEvent::Log { message, .. }, .. } if message.starts_with(&warning)
+        )));
+        // The newest records are all there.
+        let steps: Vec<i64> = got.iter().filter_map(step_of).collect();
+        assert_eq!(*steps.last().unwrap(), MAX_PENDING as i64 + extra);
+        assert!(matches!(got.last(), Some(RecorderMsg::Finished { .. })));
+    }
+}

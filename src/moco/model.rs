@@ -60,6 +60,16 @@ pub struct MocoModel {
 }
 
 impl MocoModel {
+    /// Builds the model from `seed`: the same seed gives the same initial weights and queue, even
+    /// while other threads train (initialisation draws from torch's process-wide generator, so
+    /// seeding and drawing happen under one lock).
+    pub fn seeded(cfg: &RunConfig, device: Device, seed: u64) -> Self {
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _lock = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        tch::manual_seed(seed as i64);
+        MocoModel::new(cfg, device)
+    }
+
     /// Builds f_q from the global torch generator (seed it first), copies it into f_k and fills
     /// the queue with random unit vectors.
     pub fn new(cfg: &RunConfig, device: Device) -> Self {

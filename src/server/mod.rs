@@ -32,8 +32,10 @@ pub mod prometheus;
 
 /// Largest request body accepted (configs and forms are a few KiB).
 pub const BODY_LIMIT: usize = 1024 * 1024;
-/// How long a shutdown waits for running runs to checkpoint and for connections to close.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+/// How long a shutdown waits for running runs to checkpoint and stop.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
+/// How long it then waits for open connections to finish.
+pub const CONNECTION_GRACE: Duration = Duration::from_secs(2);
 /// How long a dataset scan is reused.
 const DATASET_CACHE: Duration = Duration::from_secs(5);
 
@@ -197,19 +199,21 @@ impl BoundServer {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` resolves, then ends live streams, interrupts running runs (each
-    /// writes a full checkpoint and is marked interrupted), joins the training threads and waits
-    /// for open connections — all within `SHUTDOWN_GRACE`.
+    /// Serves until `shutdown` resolves. Then it stops accepting connections, interrupts running
+    /// runs (each writes a full checkpoint and is marked interrupted), joins the training threads
+    /// and stores their last events — which open event streams still deliver — and finally ends
+    /// the streams and waits for the remaining connections. Bounded by `SHUTDOWN_GRACE` plus
+    /// `CONNECTION_GRACE`.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let app = router(state.clone());
-        let mut stopping = state.shutdown_signal();
+        let (stop_accepting, mut accepting) = watch::channel(false);
         let http = axum::serve(self.listener, app)
             .with_graceful_shutdown(async move {
-                let _ = stopping.wait_for(|s| *s).await;
+                let _ = accepting.wait_for(|stop| *stop).await;
             })
             .into_future();
         let mut http = tokio::spawn(http);
@@ -217,16 +221,14 @@ impl BoundServer {
             _ = shutdown => None,
             result = &mut http => Some(result),
         };
-        state.shutdown.send_replace(true);
         tracing::info!("shutting down");
-        let runs = state.scheduler.shutdown(SHUTDOWN_GRACE);
-        let connections = async {
-            match early {
-                Some(result) => Some(result),
-                None => tokio::time::timeout(SHUTDOWN_GRACE, &mut http).await.ok(),
-            }
+        stop_accepting.send_replace(true);
+        state.scheduler.shutdown(SHUTDOWN_GRACE).await;
+        state.shutdown.send_replace(true);
+        let served = match early {
+            Some(result) => Some(result),
+            None => tokio::time::timeout(CONNECTION_GRACE, &mut http).await.ok(),
         };
-        let ((), served) = tokio::join!(runs, connections);
         match served {
             Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(anyhow::Error::from(e).context("server error")),

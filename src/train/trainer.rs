@@ -79,8 +79,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
     }
     let total_steps = steps_per_epoch * cfg.epochs;
 
-    tch::manual_seed(cfg.seed as i64);
-    let mut model = MocoModel::new(cfg, device);
+    let mut model = MocoModel::seeded(cfg, device, cfg.seed);
     let mut optimizer = FlatSgd::new(
         &model.query.store,
         cfg.sgd_momentum,
@@ -131,6 +130,18 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         parameters: model.query.store.num_parameters(),
     });
 
+    if cfg.queue_size as usize * 4 > train_len {
+        observer.on_event(TrainEvent::Log {
+            level: LogLevel::Warn,
+            message: format!(
+                "queue_size {} is more than a quarter of the {train_len} training images: the \
+                 queue soon holds earlier keys of the very images it is contrasting, as \
+                 negatives, which stalls learning. Keep K well below the dataset size (the CIFAR \
+                 preset uses 4096 keys for 50000 images).",
+                cfg.queue_size
+            ),
+        });
+    }
     let threads = if cfg.loader_threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
@@ -559,8 +570,7 @@ fn knn_monitor(
 /// must beat.
 pub fn random_init_knn(cfg: &RunConfig, data_dir: &Path, device: Device) -> anyhow::Result<f64> {
     let splits = crate::data::open_splits(&cfg.dataset, data_dir)?;
-    tch::manual_seed(cfg.seed as i64);
-    let model = MocoModel::new(cfg, device);
+    let model = MocoModel::seeded(cfg, device, cfg.seed);
     let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, splits.mean, splits.std);
     knn_monitor(&model, &splits, &augmenter, cfg, device, 2)
 }

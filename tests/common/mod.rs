@@ -278,7 +278,15 @@ impl SseReader {
         if let Some(last) = last_event_id {
             req = req.header("Last-Event-ID", last.to_string());
         }
-        let resp = req.send().await.unwrap();
+        SseReader::from_response(req.send().await.unwrap())
+    }
+
+    /// Opens an event stream at `path` (query parameters included).
+    pub async fn open_path(server: &Server, path: &str) -> SseReader {
+        SseReader::from_response(server.get(path).await)
+    }
+
+    fn from_response(resp: reqwest::Response) -> SseReader {
         assert_eq!(resp.status(), 200);
         assert_eq!(
             resp.headers()["content-type"].to_str().unwrap(),

@@ -3,7 +3,7 @@
 use super::view::RunRecord;
 use crate::config::{FieldError, RunConfig};
 use crate::db::runs::{RunFilter, RunSummary};
-use crate::server::{datasets, AppState};
+use crate::server::AppState;
 use crate::{data, db, jobs};
 use serde_json::Value;
 use sqlx::Row;
@@ -225,8 +225,7 @@ pub struct DatasetChoice {
 
 /// The built-in synthetic set, then every dataset found under the data directory, with counts.
 pub async fn list_datasets(state: &AppState) -> anyhow::Result<Vec<DatasetChoice>> {
-    let data_dir = state.data_dir.clone();
-    let entries = tokio::task::spawn_blocking(move || datasets::scan(&data_dir)).await?;
+    let entries = state.datasets().await?;
     Ok(entries
         .into_iter()
         .map(|d| {

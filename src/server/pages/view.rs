@@ -103,10 +103,13 @@ pub fn progress_text(run: &RunRecord) -> String {
     let pct = (run.progress.clamp(0.0, 1.0) * 1000.0).round() / 10.0;
     // The summary's epoch is 1-based (0 before the first step).
     let epoch = run.epoch.clamp(0, run.epochs.max(0));
-    let mut text = format!(
-        "{pct:.1} % · epoch {epoch}/{} · step {}/{}",
-        run.epochs, run.step, run.total_steps
-    );
+    // The number of steps is known once training has opened the dataset.
+    let steps = if run.total_steps > 0 {
+        format!("{}/{}", run.step, run.total_steps)
+    } else {
+        run.step.to_string()
+    };
+    let mut text = format!("{pct:.1} % · epoch {epoch}/{} · step {steps}", run.epochs);
     if run.state == "running" {
         if let Some(eta) = run.eta_seconds.filter(|e| e.is_finite()) {
             text.push_str(&format!(" · ETA {}", format::duration(eta)));
@@ -213,6 +216,16 @@ mod tests {
             resumable_states(),
             vec!["failed", "cancelled", "interrupted"]
         );
+    }
+
+    #[test]
+    fn steps_are_counted_before_their_total_is_known() {
+        let mut run = record("queued");
+        run.total_steps = 0;
+        run.step = 0;
+        run.epoch = 0;
+        run.progress = 0.0;
+        assert_eq!(progress_text(&run), "0.0 % · epoch 0/4 · step 0");
     }
 
     #[test]
