@@ -219,9 +219,9 @@ fn bench_ops(batch: &Tensor) {
     time("hue", &|| adjust_hue(&x, &factor));
     time("grayscale", &|| grayscale(&x));
     time("index_select 80%", &|| x.index_select(0, &idx));
+    let sub = x.narrow(0, 0, n * 4 / 5).copy();
     time("index_copy_ 80%", &|| {
         let mut y = x.shallow_clone();
-        let sub = x.narrow(0, 0, n * 4 / 5);
         y.index_copy_(0, &idx, &sub)
     });
 }

@@ -60,7 +60,9 @@ fn scale() -> Scale {
 
 /// Mean images/s over the records after the first few (warm-up: allocator, cuDNN autotuning).
 fn steady_mean(values: &[f64]) -> f64 {
-    let skip = (values.len() / 10).max(3).min(values.len().saturating_sub(1));
+    let skip = (values.len() / 10)
+        .max(3)
+        .min(values.len().saturating_sub(1));
     let rest = &values[skip..];
     rest.iter().sum::<f64>() / rest.len().max(1) as f64
 }
@@ -116,7 +118,9 @@ async fn create(client: &reqwest::Client, base: &str, config: &Value) -> i64 {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    resp.json::<Value>().await.unwrap()["run"]["id"].as_i64().unwrap()
+    resp.json::<Value>().await.unwrap()["run"]["id"]
+        .as_i64()
+        .unwrap()
 }
 
 /// images/s of a run created through the API while `SSE_CLIENTS` clients follow its events.

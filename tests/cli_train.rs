@@ -26,11 +26,24 @@ fn train_json_prints_every_event_and_the_outcome() {
     let dir = tempfile::tempdir().unwrap();
     let out = moco()
         .current_dir(dir.path())
-        .args(["train", "--preset", "cifar", "--data", "synthetic", "--json", "--out", "run"])
+        .args([
+            "train",
+            "--preset",
+            "cifar",
+            "--data",
+            "synthetic",
+            "--json",
+            "--out",
+            "run",
+        ])
         .args(TINY)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -63,7 +76,11 @@ fn train_json_prints_every_event_and_the_outcome() {
         .arg(&exported)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let encoder = lines
         .iter()
         .find(|l| l["type"] == "checkpoint_saved" && l["kind"] == "encoder")
@@ -83,12 +100,23 @@ fn a_bad_setting_is_named_and_nothing_starts() {
     let dir = tempfile::tempdir().unwrap();
     let out = moco()
         .current_dir(dir.path())
-        .args(["train", "--preset", "cifar", "--out", "run", "batch_size=256", "queue_size=1000"])
+        .args([
+            "train",
+            "--preset",
+            "cifar",
+            "--out",
+            "run",
+            "batch_size=256",
+            "queue_size=1000",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("queue_size") && err.contains("multiple"), "{err}");
+    assert!(
+        err.contains("queue_size") && err.contains("multiple"),
+        "{err}"
+    );
     assert!(!dir.path().join("run").exists());
 
     let out = moco()

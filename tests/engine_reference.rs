@@ -33,9 +33,10 @@ fn compare_one_step(overrides: Value) {
         cfg.wd_exclude_bn_bias,
     );
     // Fill part of the queue so the pointer is not at 0.
-    model
-        .queue
-        .enqueue(&Tensor::randn([cfg.keys_per_step(), cfg.dim], (Kind::Float, Device::Cpu)), 0);
+    model.queue.enqueue(
+        &Tensor::randn([cfg.keys_per_step(), cfg.dim], (Kind::Float, Device::Cpu)),
+        0,
+    );
     let mut state = TrainingState {
         epoch: 0,
         batch_in_epoch: 0,

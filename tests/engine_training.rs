@@ -136,7 +136,10 @@ fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
     let metrics: Vec<_> = observer.metrics().collect();
     let first = metrics.first().unwrap();
     let last = metrics.last().unwrap();
-    assert!(last.values["loss"] < first.values["loss"], "loss did not fall");
+    assert!(
+        last.values["loss"] < first.values["loss"],
+        "loss did not fall"
+    );
     assert!(
         last.values["queue_similarity"] < first.values["queue_similarity"],
         "queue similarity did not fall"
@@ -147,7 +150,10 @@ fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
         }
     }
     assert_eq!(last.values["queue_fill"], 1.0);
-    assert_eq!(last.values["key_age_max"], 3.0, "K = 4 batches: keys are 0 to 3 steps old");
+    assert_eq!(
+        last.values["key_age_max"], 3.0,
+        "K = 4 batches: keys are 0 to 3 steps old"
+    );
     // A full checkpoint and the encoder export were written and announced.
     let kinds: Vec<CheckpointKind> = observer.checkpoints().map(|c| c.kind).collect();
     assert_eq!(kinds, vec![CheckpointKind::Full, CheckpointKind::Encoder]);
@@ -251,8 +257,13 @@ fn cancel_writes_a_checkpoint_and_stops_within_a_step() {
     // The checkpoint resumes mid-epoch: 8 steps per epoch, 4 done.
     let (tensors, meta) = read_safetensors(&ckpt[0].path, Device::Cpu).unwrap();
     let state: Value = serde_json::from_str(&meta["state"]).unwrap();
-    assert_eq!((state["epoch"].as_i64(), state["batch_in_epoch"].as_i64()), (Some(0), Some(4)));
-    assert!(tensors.iter().any(|(n, _)| n == "optimizer.momentum_buffer"));
+    assert_eq!(
+        (state["epoch"].as_i64(), state["batch_in_epoch"].as_i64()),
+        (Some(0), Some(4))
+    );
+    assert!(tensors
+        .iter()
+        .any(|(n, _)| n == "optimizer.momentum_buffer"));
 }
 
 #[test]

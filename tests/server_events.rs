@@ -35,7 +35,10 @@ async fn reconnecting_with_last_event_id_gets_every_event_exactly_once() {
     let full = full_reader.until(is_final_state).await;
     let mut joined = part1.clone();
     joined.extend(part2.clone());
-    assert_eq!(joined, full, "no event lost or repeated across the reconnect");
+    assert_eq!(
+        joined, full,
+        "no event lost or repeated across the reconnect"
+    );
 
     let all = ids(&full);
     assert!(all.windows(2).all(|w| w[0] < w[1]), "ids increase: {all:?}");
@@ -83,11 +86,17 @@ async fn reconnecting_with_last_event_id_gets_every_event_exactly_once() {
     let mid = all[all.len() / 2];
     let mut tail = SseReader::open(&server, id, Some(mid)).await;
     let rest = tail.until(is_final_state).await;
-    assert_eq!(ids(&rest), all.iter().copied().filter(|i| *i > mid).collect::<Vec<_>>());
+    assert_eq!(
+        ids(&rest),
+        all.iter().copied().filter(|i| *i > mid).collect::<Vec<_>>()
+    );
 
     // The query parameter works like the header (EventSource cannot set headers).
-    let mut by_query =
-        SseReader::open_path(&server, &format!("/api/runs/{id}/events?last_event_id={mid}")).await;
+    let mut by_query = SseReader::open_path(
+        &server,
+        &format!("/api/runs/{id}/events?last_event_id={mid}"),
+    )
+    .await;
     assert_eq!(by_query.until(is_final_state).await, rest);
     let resp = server
         .get(&format!("/api/runs/{id}/events?last_event_id=abc"))

@@ -20,7 +20,9 @@ fn latest_full(ckpts: &[Value]) -> Option<&Value> {
 /// Steps of the loss series, in order.
 async fn loss_steps(server: &Server, id: i64) -> Vec<i64> {
     let m = server
-        .get_json(&format!("/api/runs/{id}/metrics?names=loss&max_points=100000"))
+        .get_json(&format!(
+            "/api/runs/{id}/metrics?names=loss&max_points=100000"
+        ))
         .await;
     m["series"]["loss"]
         .as_array()
@@ -37,7 +39,9 @@ async fn cancel_stops_running_and_queued_runs_and_delete_removes_them() {
     let a = server.create_run(&tiny_run("long a", 500)).await;
     let b = server.create_run(&tiny_run("waiting b", 500)).await;
 
-    let run_a = server.wait_run(a, |r| r["state"] == "running" && step(r) >= 1).await;
+    let run_a = server
+        .wait_run(a, |r| r["state"] == "running" && step(r) >= 1)
+        .await;
     assert_eq!(run_a["total_steps"], 1000);
     assert!(run_a["eta_seconds"].as_f64().unwrap() > 0.0);
     assert!(run_a["progress"].as_f64().unwrap() > 0.0);
@@ -50,13 +54,19 @@ async fn cancel_stops_running_and_queued_runs_and_delete_removes_them() {
     assert!(body["error"].as_str().unwrap().contains("cancel"));
 
     // The queued run is cancelled at once and never starts.
-    let (status, body) = server.post(&format!("/api/runs/{b}/cancel"), &json!({})).await;
+    let (status, body) = server
+        .post(&format!("/api/runs/{b}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["run"]["state"], "cancelled");
     // The running one stops within a step, saving a full checkpoint where it stopped.
-    let (status, body) = server.post(&format!("/api/runs/{a}/cancel"), &json!({})).await;
+    let (status, body) = server
+        .post(&format!("/api/runs/{a}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
-    let run_a = server.wait_state(a, &["cancelled", "failed", "completed"]).await;
+    let run_a = server
+        .wait_state(a, &["cancelled", "failed", "completed"])
+        .await;
     assert_eq!(run_a["state"], "cancelled", "{run_a}");
     assert!(step(&run_a) < 1000);
     let ckpts = server.checkpoints(a).await;
@@ -69,7 +79,9 @@ async fn cancel_stops_running_and_queued_runs_and_delete_removes_them() {
     assert!(server.checkpoints(b).await.is_empty());
 
     // Cancelling twice is a conflict, not a change.
-    let (status, _) = server.post(&format!("/api/runs/{a}/cancel"), &json!({})).await;
+    let (status, _) = server
+        .post(&format!("/api/runs/{a}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 409);
 
     // Delete takes the rows and the files.
@@ -80,7 +92,10 @@ async fn cancel_stops_running_and_queued_runs_and_delete_removes_them() {
     assert!(!run_dir.exists());
     assert_eq!(server.get(&format!("/api/runs/{a}")).await.status(), 404);
     assert_eq!(
-        server.get(&format!("/api/runs/{a}/checkpoints")).await.status(),
+        server
+            .get(&format!("/api/runs/{a}/checkpoints"))
+            .await
+            .status(),
         404
     );
     let (status, _) = server.delete(&format!("/api/runs/{a}")).await;
@@ -123,7 +138,9 @@ async fn a_run_left_running_by_a_crash_is_interrupted_and_resumes_from_its_check
         .until(|e| e.event == "state" && e.data["state"] == "interrupted")
         .await;
     assert_eq!(history[0].data["state"], "queued");
-    let (status, body) = server.post(&format!("/api/runs/{id}/resume"), &json!({})).await;
+    let (status, body) = server
+        .post(&format!("/api/runs/{id}/resume"), &json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["run"]["state"], "queued");
     let seen = events.until(|e| e.event == "metrics").await;
@@ -140,7 +157,9 @@ async fn a_run_left_running_by_a_crash_is_interrupted_and_resumes_from_its_check
             .unwrap()
             .contains(&format!("resuming at step {ckpt_step}"))));
 
-    let (status, _) = server.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+    let (status, _) = server
+        .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     let run = server.wait_state(id, &["cancelled"]).await;
     assert!(step(&run) > ckpt_step);
@@ -197,11 +216,17 @@ async fn several_runs_share_a_device_when_allowed() {
     let a = server.create_run(&tiny_run("a", 500)).await;
     let b = server.create_run(&tiny_run("b", 500)).await;
     let c = server.create_run(&tiny_run("c", 500)).await;
-    server.wait_run(a, |r| r["state"] == "running" && step(r) >= 1).await;
-    server.wait_run(b, |r| r["state"] == "running" && step(r) >= 1).await;
+    server
+        .wait_run(a, |r| r["state"] == "running" && step(r) >= 1)
+        .await;
+    server
+        .wait_run(b, |r| r["state"] == "running" && step(r) >= 1)
+        .await;
     assert_eq!(server.run(c).await["state"], "queued");
     for id in [c, a, b] {
-        let (status, _) = server.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+        let (status, _) = server
+            .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+            .await;
         assert_eq!(status, 200);
     }
     for id in [a, b] {
@@ -210,16 +235,24 @@ async fn several_runs_share_a_device_when_allowed() {
     assert!(server.run(c).await["started_at"].is_null());
 
     // A cancelled run resumes from its checkpoint; a completed run cannot resume.
-    let (status, body) = server.post(&format!("/api/runs/{a}/resume"), &json!({})).await;
+    let (status, body) = server
+        .post(&format!("/api/runs/{a}/resume"), &json!({}))
+        .await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = server.post(&format!("/api/runs/{a}/resume"), &json!({})).await;
+    let (status, _) = server
+        .post(&format!("/api/runs/{a}/resume"), &json!({}))
+        .await;
     assert_eq!(status, 409, "already queued or running");
-    let (status, _) = server.post(&format!("/api/runs/{a}/cancel"), &json!({})).await;
+    let (status, _) = server
+        .post(&format!("/api/runs/{a}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200);
     server.wait_state(a, &["cancelled"]).await;
     let done = server.create_run(&tiny_run("short", 1)).await;
     server.wait_state(done, &["completed"]).await;
-    let (status, body) = server.post(&format!("/api/runs/{done}/resume"), &json!({})).await;
+    let (status, body) = server
+        .post(&format!("/api/runs/{done}/resume"), &json!({}))
+        .await;
     assert_eq!(status, 409);
     assert!(body["error"].as_str().unwrap().contains("completed"));
 }

@@ -51,13 +51,19 @@ async fn invalid_configs_get_422_naming_fields_and_store_nothing() {
     let server = Server::start(&tmp.path().join("data"));
 
     let cases: Vec<(Value, Vec<&str>)> = vec![
-        (json!({"queue_size": 1000, "batch_size": 256}), vec!["queue_size", "batch_size"]),
+        (
+            json!({"queue_size": 1000, "batch_size": 256}),
+            vec!["queue_size", "batch_size"],
+        ),
         (json!({"epochz": 3}), vec!["epochz"]),
         (json!({"epochs": "three"}), vec!["epochs"]),
         (json!({"preset": "v9"}), vec!["preset"]),
         (json!({"temperature": -1.0}), vec!["temperature"]),
         (json!({"dataset": {"kind": "mnist"}}), vec!["dataset.kind"]),
-        (json!({"dataset": {"kind": "cifar10"}}), vec!["dataset.path"]),
+        (
+            json!({"dataset": {"kind": "cifar10"}}),
+            vec!["dataset.path"],
+        ),
         (json!({"device": "tpu"}), vec!["device"]),
         (json!({"device": "cuda:7"}), vec!["device"]),
         (json!([1, 2, 3]), vec![""]),
@@ -78,7 +84,10 @@ async fn invalid_configs_get_422_naming_fields_and_store_nothing() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().await.unwrap();
-    assert!(body["errors"][0]["message"].as_str().unwrap().contains("JSON"));
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("JSON"));
 
     // A body over 1 MiB is refused before it is read.
     let big = json!({"name": "x".repeat(2 * 1024 * 1024)});
@@ -100,7 +109,11 @@ async fn dataset_paths_stay_inside_the_data_directory() {
     for (split, n) in [("train", 3), ("test", 1)] {
         for class in ["cat", "dog"] {
             for i in 0..n {
-                write_png(&data.join(format!("sets/shapes/{split}/{class}/{i}.png")), 20, 40);
+                write_png(
+                    &data.join(format!("sets/shapes/{split}/{class}/{i}.png")),
+                    20,
+                    40,
+                );
             }
         }
     }
@@ -120,14 +133,46 @@ async fn dataset_paths_stay_inside_the_data_directory() {
         cfg
     };
     let refused = [
-        (json!({"kind": "image_folder", "path": "../x"}), "dataset.path", ".."),
-        (json!({"kind": "image_folder", "path": "sets/../../x"}), "dataset.path", ".."),
-        (json!({"kind": "image_folder", "path": "/etc"}), "dataset.path", "absolute"),
-        (json!({"kind": "image_folder", "path": tmp.path().join("outside").to_str().unwrap()}), "dataset.path", "absolute"),
-        (json!({"kind": "image_folder", "path": "escape"}), "dataset.path", "outside"),
-        (json!({"kind": "image_folder", "path": "escape/secret"}), "dataset.path", "outside"),
-        (json!({"kind": "image_folder", "path": "sets/none"}), "dataset.path", "does not exist"),
-        (json!({"kind": "cifar10", "path": "sets/shapes"}), "dataset.kind", "image_folder"),
+        (
+            json!({"kind": "image_folder", "path": "../x"}),
+            "dataset.path",
+            "..",
+        ),
+        (
+            json!({"kind": "image_folder", "path": "sets/../../x"}),
+            "dataset.path",
+            "..",
+        ),
+        (
+            json!({"kind": "image_folder", "path": "/etc"}),
+            "dataset.path",
+            "absolute",
+        ),
+        (
+            json!({"kind": "image_folder", "path": tmp.path().join("outside").to_str().unwrap()}),
+            "dataset.path",
+            "absolute",
+        ),
+        (
+            json!({"kind": "image_folder", "path": "escape"}),
+            "dataset.path",
+            "outside",
+        ),
+        (
+            json!({"kind": "image_folder", "path": "escape/secret"}),
+            "dataset.path",
+            "outside",
+        ),
+        (
+            json!({"kind": "image_folder", "path": "sets/none"}),
+            "dataset.path",
+            "does not exist",
+        ),
+        (
+            json!({"kind": "cifar10", "path": "sets/shapes"}),
+            "dataset.kind",
+            "image_folder",
+        ),
     ];
     for (ds, field, words) in refused {
         let (status, body) = server.post("/api/runs", &with_dataset(ds.clone())).await;
@@ -170,7 +215,9 @@ async fn dataset_paths_stay_inside_the_data_directory() {
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["run"]["dataset"], "image_folder:sets/shapes");
     let id = body["run"]["id"].as_i64().unwrap();
-    let (status, _) = server.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+    let (status, _) = server
+        .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200);
 }
 
@@ -182,15 +229,23 @@ async fn only_registered_files_are_served() {
     server.wait_state(id, &["completed"]).await;
     let ckpts = server.checkpoints(id).await;
     assert!(!ckpts.is_empty());
-    let max_id = ckpts.iter().map(|c| c["id"].as_i64().unwrap()).max().unwrap();
+    let max_id = ckpts
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .max()
+        .unwrap();
     // A file dropped into the run's folder is not a checkpoint.
     std::fs::write(
-        server.data_dir.join(format!("runs/{id}/planted.safetensors")),
+        server
+            .data_dir
+            .join(format!("runs/{id}/planted.safetensors")),
         b"not yours",
     )
     .unwrap();
     let other = server.create_run(&tiny_run("two", 1)).await;
-    let (status, _) = server.post(&format!("/api/runs/{other}/cancel"), &json!({})).await;
+    let (status, _) = server
+        .post(&format!("/api/runs/{other}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 200);
 
     for path in [
@@ -256,8 +311,12 @@ async fn changes_need_the_token_when_one_is_set() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let id = resp.json::<Value>().await.unwrap()["run"]["id"].as_i64().unwrap();
-    let (status, _) = server.post(&format!("/api/runs/{id}/cancel"), &json!({})).await;
+    let id = resp.json::<Value>().await.unwrap()["run"]["id"]
+        .as_i64()
+        .unwrap();
+    let (status, _) = server
+        .post(&format!("/api/runs/{id}/cancel"), &json!({}))
+        .await;
     assert_eq!(status, 401);
     let resp = server
         .client

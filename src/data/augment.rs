@@ -492,7 +492,7 @@ impl Augmenter {
                     // Per sample: whether it applies, the four factors, and their order.
                     let mut chosen: Vec<(usize, [f32; 4], [usize; 4])> = Vec::new();
                     for i in 0..n {
-                        if !(rng.gen::<f64>() < p) {
+                        if rng.gen::<f64>() >= p {
                             continue;
                         }
                         let factor = |rng: &mut ChaCha8Rng, x: f64| {
@@ -710,9 +710,7 @@ fn hue_(mut x: Tensor, shift: &Tensor) -> Tensor {
         let r = x.narrow(1, 0, 1);
         let g = x.narrow(1, 1, 1);
         let b = x.narrow(1, 2, 1);
-        let inv = chroma
-            .where_scalarother(&chroma.gt(0.0), 1.0)
-            .reciprocal();
+        let inv = chroma.where_scalarother(&chroma.gt(0.0), 1.0).reciprocal();
         let mut h_r = &g - &b;
         h_r *= &inv;
         let mut h_g = &b - &r;
@@ -721,14 +719,16 @@ fn hue_(mut x: Tensor, shift: &Tensor) -> Tensor {
         let mut h_b = &r - &g;
         h_b *= &inv;
         h_b += 4.0;
-        let mut h6 = h_r.where_self(&maxc.eq_tensor(&r), &h_g.where_self(&maxc.eq_tensor(&g), &h_b));
+        let mut h6 = h_r.where_self(
+            &maxc.eq_tensor(&r),
+            &h_g.where_self(&maxc.eq_tensor(&g), &h_b),
+        );
         h6 += shift * 6.0;
         h6
     };
     // k = (n + 6H) mod 6 for n = 5, 3, 1, written over x (no longer needed); the offsets are
     // made on the device (a host copy would synchronise a CUDA stream).
-    let offsets =
-        Tensor::arange_start_step(5, 0, -2, (Kind::Float, x.device())).view([1, 3, 1, 1]);
+    let offsets = Tensor::arange_start_step(5, 0, -2, (Kind::Float, x.device())).view([1, 3, 1, 1]);
     let _ = six_h.add_out(&x, &offsets);
     let _ = x.remainder_(6.0);
     let mut reverse = x.neg();

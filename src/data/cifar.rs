@@ -325,7 +325,7 @@ pub fn check_files(dir: &Path, cifar100: bool) -> anyhow::Result<()> {
             .with_context(|| format!("{} is missing", path.display()))?
             .len() as usize;
         anyhow::ensure!(
-            len > 0 && len % record == 0,
+            len > 0 && len.is_multiple_of(record),
             "{}: {len} bytes is not a whole number of {record}-byte records",
             path.display()
         );

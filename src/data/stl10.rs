@@ -45,7 +45,7 @@ impl Source {
             .len() as usize;
         anyhow::ensure!(size > 0, "{}: the file is empty", images.display());
         anyhow::ensure!(
-            size % IMAGE_BYTES == 0,
+            size.is_multiple_of(IMAGE_BYTES),
             "{}: {size} bytes is not a whole number of 96×96×3 STL-10 images (truncated?)",
             images.display()
         );

@@ -487,7 +487,10 @@ pub async fn request_cancel(pool: &SqlitePool, id: i64) -> anyhow::Result<()> {
 
 /// Runs a dead process left 'running' become 'interrupted', with `reason` as their error;
 /// returns their ids.
-pub async fn interrupt_stale(conn: &mut SqliteConnection, reason: &str) -> anyhow::Result<Vec<i64>> {
+pub async fn interrupt_stale(
+    conn: &mut SqliteConnection,
+    reason: &str,
+) -> anyhow::Result<Vec<i64>> {
     let ids: Vec<(i64,)> = sqlx::query_as(
         "UPDATE runs SET state = 'interrupted', finished_at = ?, error = ? \
          WHERE state = 'running' RETURNING id",

@@ -20,8 +20,8 @@ impl Shuffle {
             inverse[p as usize] = i as i64;
         }
         Shuffle {
-            forward: Tensor::from_slice(&perm).to_device(device),
-            inverse: Tensor::from_slice(&inverse).to_device(device),
+            forward: upload(&perm, device),
+            inverse: upload(&inverse, device),
         }
     }
 
@@ -31,5 +31,17 @@ impl Shuffle {
 
     pub fn undo(&self, x: &Tensor) -> Tensor {
         x.index_select(0, &self.inverse)
+    }
+}
+
+/// Copies indices to the device. On CUDA the copy goes through pinned memory and does not block
+/// the host, so drawing a permutation never waits for the kernels already queued.
+fn upload(indices: &[i64], device: Device) -> Tensor {
+    let host = Tensor::from_slice(indices);
+    if device.is_cuda() {
+        host.pin_memory(device)
+            .to_device_(device, tch::Kind::Int64, true, false)
+    } else {
+        host
     }
 }

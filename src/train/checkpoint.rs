@@ -106,11 +106,14 @@ pub fn write_safetensors_atomic(
     Ok((bytes.len() as u64, hex::encode(Sha256::digest(&bytes))))
 }
 
+/// Tensors by name, in file order.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
 /// Reads every tensor and the metadata of a safetensors file onto `device`.
 pub fn read_safetensors(
     path: &Path,
     device: Device,
-) -> anyhow::Result<(Vec<(String, Tensor)>, HashMap<String, String>)> {
+) -> anyhow::Result<(NamedTensors, HashMap<String, String>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;

@@ -79,6 +79,10 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
     }
     let total_steps = steps_per_epoch * cfg.epochs;
 
+    if device.is_cuda() {
+        // Every step has the same shapes: let cuDNN pick the fastest algorithms once.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let mut model = MocoModel::seeded(cfg, device, cfg.seed);
     let mut optimizer = FlatSgd::new(
         &model.query.store,
@@ -434,7 +438,12 @@ impl FailureWatch {
     /// Why the run must stop as failed, if it must: a non-finite loss, or a collapsed
     /// representation: the queue, once full of real keys, holds nearly identical vectors and the
     /// positive key no longer stands out from the negatives, in two records in a row.
-    fn check(&mut self, values: &BTreeMap<String, f64>, cfg: &RunConfig, step: i64) -> Option<String> {
+    fn check(
+        &mut self,
+        values: &BTreeMap<String, f64>,
+        cfg: &RunConfig,
+        step: i64,
+    ) -> Option<String> {
         let get = |name: &str| values.get(name).copied().unwrap_or(f64::NAN);
         let loss = get(metric::LOSS);
         if !loss.is_finite() {
@@ -449,7 +458,11 @@ impl FailureWatch {
         let collapsed = get(metric::QUEUE_FILL) >= 1.0
             && similarity > cfg.collapse_threshold
             && gap < COLLAPSED_LOGIT_GAP;
-        self.collapsed_reads = if collapsed { self.collapsed_reads + 1 } else { 0 };
+        self.collapsed_reads = if collapsed {
+            self.collapsed_reads + 1
+        } else {
+            0
+        };
         if self.collapsed_reads < 2 {
             return None;
         }

@@ -92,10 +92,19 @@ impl Server {
     pub fn stdout_line(&self, needle: &str) -> String {
         let start = Instant::now();
         loop {
-            if let Some(line) = self.stdout.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            if let Some(line) = self
+                .stdout
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+            {
                 return line.clone();
             }
-            assert!(start.elapsed() < PATIENCE, "the server never printed {needle:?}");
+            assert!(
+                start.elapsed() < PATIENCE,
+                "the server never printed {needle:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
