@@ -7,7 +7,8 @@
 //! training step sees (prefetching loader → uint8 batch → two views).
 //!
 //! `cargo bench --bench augment [-- --batches N --images N --workers N --threads N --ops]`
-//! (`--ops` adds a per-operation timing breakdown; `--threads` sets torch's intra-op threads).
+//! (`--ops` adds a per-operation timing breakdown; `--threads` sets torch's intra-op threads,
+//! 1 by default: the loader thread has the other core).
 use moco_server::config::AugRecipe;
 use moco_server::data::{Augmenter, Dataset, Loader, LoaderOptions};
 use rand::{Rng, SeedableRng};
@@ -207,7 +208,18 @@ fn bench_ops(batch: &Tensor) {
     };
     println!("  building blocks (one view of {n} images):");
     time("uint8 → float", &|| batch.to_kind(Kind::Float));
-    time("affine grid", &|| {
+    let xs = Tensor::rand([n, 32], (Kind::Float, Device::Cpu));
+    let ys = Tensor::rand([n, 32], (Kind::Float, Device::Cpu));
+    time("sampling grid (per axis)", &|| {
+        Tensor::cat(
+            &[
+                xs.view([n, 1, 32, 1]).expand([n, 32, 32, 1], false),
+                ys.view([n, 32, 1, 1]).expand([n, 32, 32, 1], false),
+            ],
+            3,
+        )
+    });
+    time("affine_grid_generator", &|| {
         Tensor::affine_grid_generator(&theta, [n, 3, 32, 32], false)
     });
     time("bilinear grid sample", &|| {
@@ -228,9 +240,10 @@ fn bench_ops(batch: &Tensor) {
 
 fn main() {
     let args = parse_args();
-    if let Some(t) = args.threads {
-        tch::set_num_threads(t);
-    }
+    // One core runs torch's kernels, the other the loader thread, as the two DataLoader workers
+    // share the two cores on the other side. With two OpenMP threads here, the loader thread
+    // preempts a spinning OpenMP worker and every parallel region waits for it.
+    tch::set_num_threads(args.threads.unwrap_or(1));
     let threads = tch::get_num_threads();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let pixels: Vec<u8> = (0..args.images * SIDE * SIDE * 3)
@@ -247,6 +260,25 @@ fn main() {
         .permute([0, 3, 1, 2])
         .contiguous();
 
+    // The built-in dataset's cost: 5000 images of 32×32 drawn on the rayon pool.
+    let synthetic = moco_server::data::synthetic::Synthetic::new(
+        moco_server::data::synthetic::SYNTHETIC_SEED,
+        moco_server::data::synthetic::Split::Train,
+        5000,
+        SIDE,
+    );
+    let start = Instant::now();
+    {
+        use rayon::prelude::*;
+        (0..5000usize).into_par_iter().for_each_init(
+            || vec![0u8; SIDE * SIDE * 3],
+            |buf, i| synthetic.read_into(i, buf).expect("synthetic image"),
+        );
+    }
+    println!(
+        "synthetic: 5000 images of {SIDE}×{SIDE} drawn in {:.0} ms",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
     println!(
         "augment: cifar recipe, {SIDE}×{SIDE}, batch {BATCH}, CPU ({threads} torch threads), \
          {} batches",

@@ -106,6 +106,7 @@ fn serve(config: moco_server::server::ServerConfig) -> anyhow::Result<ExitCode> 
             println!("changes require the access token given with --token / MOCO_TOKEN");
         }
         server.serve(stop_signal()).await?;
+        tracing::debug!("server stopped");
         Ok(ExitCode::SUCCESS)
     });
     // A training thread that did not stop in the grace period must not hold the exit.

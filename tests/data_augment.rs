@@ -1,7 +1,8 @@
 //! Batched augmentation: each operation's effect on fixed inputs, the recipes, determinism.
 use moco_server::config::AugRecipe;
 use moco_server::data::augment::{
-    adjust_hue, blur_kernel_size, draw_crop, Augmenter, Jitter, Op, ViewSpec, SOLARIZE_THRESHOLD,
+    adjust_hue, blur_kernel_size, draw_crop, Augmenter, CropBox, Jitter, Op, ViewSpec,
+    SOLARIZE_THRESHOLD,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -381,4 +382,162 @@ fn larger_images_are_cropped_to_the_output_size() {
     assert_eq!(a.size(), vec![4, 3, 24, 24]);
     assert_eq!(b.size(), vec![4, 3, 24, 24]);
     assert!(a.isfinite().all().int64_value(&[]) == 1);
+}
+
+/// Two 2×2 images and torchvision 0.26's `adjust_*` outputs for them (one factor per image).
+const TV_INPUT: [f32; 24] = [
+    0.9, 0.1, 0.5, 0.3, 0.2, 0.8, 0.5, 0.7, 0.4, 0.6, 0.5, 0.05, //
+    0.0, 1.0, 0.25, 0.6, 0.3, 0.2, 0.75, 0.6, 0.6, 0.0, 0.1, 0.9,
+];
+
+fn check_against_torchvision(
+    name: &str,
+    op: fn(&Tensor, &Tensor) -> Tensor,
+    factors: [f32; 2],
+    expected: [f32; 24],
+) {
+    let x = Tensor::from_slice(&TV_INPUT).view([2, 3, 2, 2]);
+    let f = Tensor::from_slice(&factors).view([2, 1, 1, 1]);
+    let got = to_vec(&op(&x, &f));
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        assert!((g - e).abs() < 2e-6, "{name}[{i}]: {g} vs torchvision {e}");
+    }
+    // The input is left as it was.
+    assert_eq!(to_vec(&x), TV_INPUT.to_vec());
+}
+
+#[test]
+fn colour_operations_match_torchvision() {
+    use moco_server::data::augment::{adjust_brightness, adjust_contrast, adjust_saturation};
+    #[rustfmt::skip]
+    check_against_torchvision("brightness", adjust_brightness, [0.7, 1.3], [
+        0.63, 0.07, 0.35, 0.21, 0.14, 0.56, 0.35, 0.49, 0.28, 0.42, 0.35, 0.035,
+        0.0, 1.0, 0.325, 0.78, 0.39, 0.26, 0.975, 0.78, 0.78, 0.0, 0.13, 1.0,
+    ]);
+    #[rustfmt::skip]
+    check_against_torchvision("contrast", adjust_contrast, [0.6, 1.4], [
+        0.740612, 0.260612, 0.500612, 0.380612, 0.320612, 0.680612, 0.500612, 0.620612,
+        0.440612, 0.560612, 0.500612, 0.230612, 0.0, 1.0, 0.167868, 0.657869, 0.237869,
+        0.097868, 0.867868, 0.657869, 0.657869, 0.0, 0.0, 1.0,
+    ]);
+    #[rustfmt::skip]
+    check_against_torchvision("saturation", adjust_saturation, [0.6, 1.4], [
+        0.712804, 0.287156, 0.49998, 0.382508, 0.292804, 0.707156, 0.49998, 0.622508,
+        0.412804, 0.587156, 0.49998, 0.232508, 0.0, 1.0, 0.13945, 0.586344, 0.3222, 0.11348,
+        0.83945, 0.586344, 0.7422, 0.0, 0.0, 1.0,
+    ]);
+    #[rustfmt::skip]
+    check_against_torchvision("hue", adjust_hue, [0.1, -0.4], [
+        0.9, 0.1, 0.5, 0.05, 0.42, 0.58, 0.5, 0.7, 0.2, 0.8, 0.5, 0.19,
+        0.54, 0.0, 0.75, 0.72, 0.6, 0.2, 0.1, 0.9, 0.0, 1.0, 0.51, 0.6,
+    ]);
+}
+
+#[test]
+fn batched_jitter_applies_each_samples_factors_in_its_own_order() {
+    use moco_server::data::augment::{
+        adjust_brightness, adjust_contrast, adjust_saturation, draw_jitter,
+    };
+    let n = 40;
+    let images = random_u8(n, 6, 21);
+    let jitter = Jitter {
+        brightness: 0.4,
+        contrast: 0.4,
+        saturation: 0.4,
+        hue: 0.1,
+    };
+    let spec = identity_view(vec![Op::ColorJitter { jitter, p: 0.8 }]);
+    let seed = 17;
+    let out = augmenter(6).view(&spec, &images, &mut ChaCha8Rng::seed_from_u64(seed));
+
+    // The same draws, in the same sequence: a full-image crop per sample (flip 0 draws
+    // nothing), then the jitter per sample.
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for _ in 0..n {
+        draw_crop(&mut rng, 6, 6, spec.scale, spec.ratio);
+    }
+    let x = images.to_kind(Kind::Float) / 255.0;
+    let mut orders = std::collections::HashSet::new();
+    let mut untouched = 0;
+    for i in 0..n {
+        let mut expected = x.narrow(0, i, 1).copy();
+        match draw_jitter(&mut rng, &jitter, 0.8) {
+            None => untouched += 1,
+            Some(d) => {
+                orders.insert(d.order);
+                for op in d.order {
+                    let f = Tensor::from_slice(&[d.factors[op]]).view([1, 1, 1, 1]);
+                    expected = match op {
+                        0 => adjust_brightness(&expected, &f),
+                        1 => adjust_contrast(&expected, &f),
+                        2 => adjust_saturation(&expected, &f),
+                        _ => adjust_hue(&expected, &f),
+                    };
+                }
+            }
+        }
+        let diff = max_abs_diff(&out.narrow(0, i, 1), &expected);
+        assert!(diff < 1e-5, "sample {i} differs by {diff}");
+    }
+    assert!(untouched > 0 && untouched < n / 2, "{untouched} untouched");
+    assert!(orders.len() > 8, "only {} different orders", orders.len());
+}
+
+/// torchvision's `resized_crop` (bilinear, no antialias) written out per pixel: the crop is a
+/// separate image whose edges repeat, sampled at align_corners = false positions.
+fn reference_resized_crop(img: &[f32], h: usize, w: usize, b: CropBox, size: usize) -> Vec<f32> {
+    let mut out = vec![0f32; 3 * size * size];
+    let coord = |k: usize, extent: usize| {
+        ((k as f64 + 0.5) * extent as f64 / size as f64 - 0.5).clamp(0.0, (extent - 1) as f64)
+    };
+    for c in 0..3 {
+        for i in 0..size {
+            for j in 0..size {
+                let y = coord(i, b.height);
+                let x = coord(j, b.width);
+                let (y0, x0) = (y.floor() as usize, x.floor() as usize);
+                let (y1, x1) = ((y0 + 1).min(b.height - 1), (x0 + 1).min(b.width - 1));
+                let (fy, fx) = (y - y0 as f64, x - x0 as f64);
+                let px =
+                    |yy: usize, xx: usize| img[c * h * w + (b.top + yy) * w + b.left + xx] as f64;
+                let v = (1.0 - fy) * ((1.0 - fx) * px(y0, x0) + fx * px(y0, x1))
+                    + fy * ((1.0 - fx) * px(y1, x0) + fx * px(y1, x1));
+                out[c * size * size + i * size + j] = v as f32;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn crops_resample_like_torchvision_crop_then_resize() {
+    let (h, w) = (10usize, 12usize);
+    let mut rng = ChaCha8Rng::seed_from_u64(30);
+    let data: Vec<u8> = (0..3 * h * w).map(|_| rng.gen()).collect();
+    let images = Tensor::from_slice(&data).view([1, 3, h as i64, w as i64]);
+    let img: Vec<f32> = data.iter().map(|&v| v as f32 / 255.0).collect();
+    let spec = ViewSpec {
+        scale: (0.08, 1.0),
+        ratio: (3.0 / 4.0, 4.0 / 3.0),
+        flip: 0.0,
+        ops: vec![],
+    };
+    // 7 px output: some crops are upscaled, some downscaled.
+    for seed in 0..12 {
+        let b = draw_crop(
+            &mut ChaCha8Rng::seed_from_u64(seed),
+            h,
+            w,
+            spec.scale,
+            spec.ratio,
+        );
+        let out = augmenter(7).view(&spec, &images, &mut ChaCha8Rng::seed_from_u64(seed));
+        let expected = reference_resized_crop(&img, h, w, b, 7);
+        for (k, (o, e)) in to_vec(&out).iter().zip(&expected).enumerate() {
+            assert!(
+                (o - e).abs() < 1e-5,
+                "seed {seed}, box {b:?}, value {k}: {o} vs {e}"
+            );
+        }
+    }
 }

@@ -221,3 +221,28 @@ fn dropping_the_loader_mid_epoch_stops_its_thread() {
     let reads = ds.reads.load(Ordering::SeqCst);
     assert!(reads <= 10 * (1 + 2 + 2), "{reads} reads");
 }
+
+#[test]
+fn decoding_on_the_loader_thread_or_a_pool_gives_the_same_batches() {
+    let ds = Arc::new(Numbered::new(50));
+    let collect = |threads| -> Vec<(Vec<usize>, Vec<u8>)> {
+        Loader::new(
+            ds.clone(),
+            LoaderOptions {
+                threads,
+                ..options(16)
+            },
+        )
+        .map(|b| {
+            let b = b.unwrap();
+            let n = b.images.numel();
+            let mut bytes = vec![0u8; n];
+            b.images.copy_data_u8(&mut bytes, n);
+            (b.indices, bytes)
+        })
+        .collect()
+    };
+    let single = collect(1);
+    assert_eq!(single.len(), 4);
+    assert_eq!(single, collect(3));
+}

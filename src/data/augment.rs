@@ -18,17 +18,21 @@
 //! from the generator's state. They are uploaded as one small float tensor and one index tensor
 //! per call (from pinned memory, without blocking, on CUDA). Then, per view:
 //!
-//! * crop + flip + resize in one resampling pass from the uint8 batch: a per-sample affine matrix,
-//!   `affine_grid_generator`, sampling points clamped to the crop box, and bilinear
-//!   `grid_sampler` (align_corners = false). This equals torchvision's `RandomResizedCrop`
-//!   (crop, then bilinear resize with `antialias=False`) + `RandomHorizontalFlip` to float
-//!   precision. There is no antialiasing when a crop is downscaled; image folders are stored at
-//!   `load_size` ≈ crop × 8/7, so crops are never strongly downscaled;
+//! * crop + flip + resize in one resampling pass from the uint8 batch: each sample's affine map
+//!   from output to input coordinates (scale to the crop box, shift to it, mirror for a flip) is
+//!   evaluated into a sampling grid — per axis, since crops are axis-aligned, which is what
+//!   `affine_grid_generator` would compute for the same matrices at a fraction of the cost —
+//!   clamped to the box's outer pixel centres, and read with bilinear `grid_sampler`
+//!   (align_corners = false). This equals torchvision's `RandomResizedCrop` (crop, then bilinear
+//!   resize with `antialias=False`) + `RandomHorizontalFlip` to float precision. There is no
+//!   antialiasing when a crop is downscaled; image folders are stored at `load_size` ≈ crop ×
+//!   8/7, so crops are never strongly downscaled;
 //! * colour ops on the samples they apply to (gathered with `index_select`, written back with
 //!   `index_copy_`). Colour jitter follows torchvision's `ColorJitter` on float images —
 //!   brightness, contrast (blend with the grayscale mean), saturation (blend with grayscale) and
 //!   hue (shift in HSV) — and, as torchvision does per image, applies the four in a random order
-//!   drawn per sample;
+//!   drawn per sample: the jittered samples are regrouped once per position in the order so each
+//!   operation runs on one contiguous block;
 //! * grayscale with torchvision's weights (0.2989, 0.587, 0.114), Gaussian blur with a per-sample
 //!   sigma (kernel ≈ 10% of the image side, odd, reflection padding, a separable grouped
 //!   convolution), solarize (pixels ≥ 128/255 inverted, as PIL's `ImageOps.solarize`);
@@ -243,6 +247,33 @@ fn uniform(rng: &mut ChaCha8Rng, lo: f64, hi: f64) -> f64 {
     }
 }
 
+/// One sample's colour jitter: factors (brightness, contrast, saturation, hue shift) and the
+/// order the four operations run in (indices into that list).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct JitterDraw {
+    pub factors: [f32; 4],
+    pub order: [usize; 4],
+}
+
+/// Draws whether a jitter applied with probability `p` happens and, if so, its factors (as
+/// torchvision's `ColorJitter.get_params`) and a random order of the four operations.
+pub fn draw_jitter(rng: &mut ChaCha8Rng, jitter: &Jitter, p: f64) -> Option<JitterDraw> {
+    if rng.gen::<f64>() >= p {
+        return None;
+    }
+    let factor = |rng: &mut ChaCha8Rng, x: f64| uniform(rng, (1.0 - x).max(0.0), 1.0 + x) as f32;
+    let brightness = factor(rng, jitter.brightness);
+    let contrast = factor(rng, jitter.contrast);
+    let saturation = factor(rng, jitter.saturation);
+    let hue = uniform(rng, -jitter.hue, jitter.hue) as f32;
+    let mut order = [0usize, 1, 2, 3];
+    order.shuffle(rng);
+    Some(JitterDraw {
+        factors: [brightness, contrast, saturation, hue],
+        order,
+    })
+}
+
 /// Blur kernel side for an image side: ≈ 10%, odd, at least 3.
 pub fn blur_kernel_size(side: i64) -> i64 {
     let k = ((side as f64) * 0.1).round() as i64;
@@ -262,24 +293,45 @@ enum Kernel {
     Solarize { threshold: f64 },
 }
 
-/// One kernel applied to a subset of the batch: sample indices at `ints[idx..idx + n]`, one
-/// parameter per sample at `floats[param..param + n]`.
-#[derive(Debug, Clone, Copy)]
-struct Step {
-    kernel: Kernel,
-    n: usize,
-    idx: usize,
-    param: usize,
-    /// Every sample of the batch in order: no gather/scatter needed.
-    all: bool,
+/// One colour operation of a view, as the device runs it. Sample indices live in the uploaded
+/// int buffer, parameters in the float buffer (offsets below).
+#[derive(Debug, Clone)]
+enum Step {
+    /// `kernel` on the samples at `ints[idx..idx + n]` (gathered, changed, written back), or on
+    /// the whole batch when `all`; one parameter per sample at `floats[param..param + n]`.
+    Subset {
+        kernel: Kernel,
+        n: usize,
+        idx: usize,
+        param: usize,
+        all: bool,
+    },
+    /// Colour jitter in a per-sample random order. The `n` jittered samples are gathered once
+    /// (`ints[gather..]`); for each of the four slots they are reordered so that the samples
+    /// whose operation in that slot is the same form one contiguous range, which is changed in
+    /// place; at the end they are written back (`ints[scatter..]`). Five copies of the subset in
+    /// all, however the operations are ordered.
+    Jitter {
+        n: usize,
+        gather: usize,
+        slots: Vec<JitterSlot>,
+        scatter: usize,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct JitterSlot {
+    /// Reorders the gathered samples from the previous slot's order (`ints[r..r + n]`); none for
+    /// the first slot, gathered in its order.
+    reorder: Option<usize>,
+    /// (operation, first row, rows, offset of their factors in the float buffer).
+    ranges: Vec<(Kernel, usize, usize, usize)>,
 }
 
 /// What the host decided for one view; the numbers live in the shared upload buffers.
 struct ViewPlan {
-    /// Offset of the per-sample affine matrices (N × 6 floats).
-    theta: usize,
-    /// Offset of the per-sample sampling bounds (N × [x_lo, y_lo, x_hi, y_hi]).
-    bounds: usize,
+    /// Offset of the sampling grid: N × S x-coordinates, then N × S y-coordinates.
+    grid: usize,
     steps: Vec<Step>,
 }
 
@@ -303,7 +355,7 @@ impl Upload {
             self.ints.push(i as i64);
             self.floats.push(v);
         }
-        Some(Step {
+        Some(Step::Subset {
             kernel,
             n: samples.len(),
             idx,
@@ -453,35 +505,39 @@ impl Augmenter {
         up: &mut Upload,
     ) -> ViewPlan {
         let n = n as usize;
-        let theta = up.floats.len();
+        let size = self.out_size as usize;
+        // Output pixel centres in normalised coordinates (align_corners = false).
+        let centres: Vec<f64> = (0..size)
+            .map(|k| (2 * k + 1) as f64 / size as f64 - 1.0)
+            .collect();
+        let grid = up.floats.len();
+        let mut rows = Vec::with_capacity(n * size);
         for _ in 0..n {
             let b = draw_crop(rng, h as usize, w as usize, spec.scale, spec.ratio);
             let flip = spec.flip > 0.0 && rng.gen::<f64>() < spec.flip;
-            // Output coordinates in [-1, 1] map onto the crop box in the input's normalised
-            // coordinates (align_corners = false: -1 and 1 are the outer pixel edges).
-            let sx = b.width as f64 / w as f64;
-            let sy = b.height as f64 / h as f64;
-            let cx = (2 * b.left + b.width) as f64 / w as f64 - 1.0;
-            let cy = (2 * b.top + b.height) as f64 / h as f64 - 1.0;
-            let sx = if flip { -sx } else { sx };
-            up.floats
-                .extend([sx, 0.0, cx, 0.0, sy, cy].map(|v| v as f32));
+            // The affine map from output to input coordinates, per axis (crops are
+            // axis-aligned): scale to the box, centre on it, mirror x for a flip. Points are
+            // kept within the box's outer pixel centres, so edges repeat the crop's own border
+            // pixels, as torchvision's crop-then-resize does.
+            let axis =
+                |offset: usize, extent: usize, full: usize, mirror: bool, out: &mut Vec<f32>| {
+                    let scale = extent as f64 / full as f64;
+                    let centre = (2 * offset + extent) as f64 / full as f64 - 1.0;
+                    let lo = (2 * offset + 1) as f64 / full as f64 - 1.0;
+                    let hi = (2 * (offset + extent) - 1) as f64 / full as f64 - 1.0;
+                    let sign = if mirror { -1.0 } else { 1.0 };
+                    out.extend(
+                        centres
+                            .iter()
+                            .map(|&u| (centre + sign * scale * u).clamp(lo, hi) as f32),
+                    );
+                };
+            axis(b.left, b.width, w as usize, flip, &mut up.floats);
+            axis(b.top, b.height, h as usize, false, &mut rows);
         }
-        // Sampling points are kept within the box's outer pixel centres, so edges replicate the
-        // crop's own border pixels as torchvision's crop-then-resize does.
-        let bounds = up.floats.len();
-        for k in 0..n {
-            let t = &up.floats[theta + 6 * k..theta + 6 * k + 6];
-            let (sx, cx, sy, cy) = (t[0].abs() as f64, t[2] as f64, t[4] as f64, t[5] as f64);
-            let (half_px_x, half_px_y) = (1.0 / w as f64, 1.0 / h as f64);
-            let lo_x = cx - sx + half_px_x;
-            let hi_x = cx + sx - half_px_x;
-            let lo_y = cy - sy + half_px_y;
-            let hi_y = cy + sy - half_px_y;
-            up.floats.extend([lo_x, lo_y, hi_x, hi_y].map(|v| v as f32));
-        }
+        up.floats.extend_from_slice(&rows);
         let mut steps = Vec::new();
-        let mut push = |up: &mut Upload, kernel: Kernel, samples: &[(usize, f32)]| {
+        let push = |steps: &mut Vec<Step>, up: &mut Upload, kernel, samples: &[(usize, f32)]| {
             if let Some(step) = up.subset(kernel, samples, n) {
                 steps.push(step);
             }
@@ -490,41 +546,19 @@ impl Augmenter {
             match *op {
                 Op::ColorJitter { jitter, p } => {
                     // Per sample: whether it applies, the four factors, and their order.
-                    let mut chosen: Vec<(usize, [f32; 4], [usize; 4])> = Vec::new();
-                    for i in 0..n {
-                        if rng.gen::<f64>() >= p {
-                            continue;
-                        }
-                        let factor = |rng: &mut ChaCha8Rng, x: f64| {
-                            uniform(rng, (1.0 - x).max(0.0), 1.0 + x)
-                        };
-                        let b = factor(rng, jitter.brightness) as f32;
-                        let c = factor(rng, jitter.contrast) as f32;
-                        let s = factor(rng, jitter.saturation) as f32;
-                        let hue = uniform(rng, -jitter.hue, jitter.hue) as f32;
-                        let mut order = [0usize, 1, 2, 3];
-                        order.shuffle(rng);
-                        chosen.push((i, [b, c, s, hue], order));
-                    }
+                    let chosen: Vec<(usize, [f32; 4], [usize; 4])> = (0..n)
+                        .filter_map(|i| {
+                            draw_jitter(rng, &jitter, p).map(|d| (i, d.factors, d.order))
+                        })
+                        .collect();
                     let kernels = [
                         (Kernel::Brightness, jitter.brightness),
                         (Kernel::Contrast, jitter.contrast),
                         (Kernel::Saturation, jitter.saturation),
                         (Kernel::Hue, jitter.hue),
                     ];
-                    for slot in 0..4 {
-                        for (k, &(kernel, amount)) in kernels.iter().enumerate() {
-                            // A zero-strength jitter is the identity: skip it.
-                            if amount == 0.0 {
-                                continue;
-                            }
-                            let samples: Vec<(usize, f32)> = chosen
-                                .iter()
-                                .filter(|(_, _, order)| order[slot] == k)
-                                .map(|&(i, f, _)| (i, f[k]))
-                                .collect();
-                            push(up, kernel, &samples);
-                        }
+                    if let Some(step) = plan_jitter(&chosen, &kernels, up) {
+                        steps.push(step);
                     }
                 }
                 Op::Grayscale { p } => {
@@ -532,7 +566,7 @@ impl Augmenter {
                         .filter(|_| rng.gen::<f64>() < p)
                         .map(|i| (i, 0.0))
                         .collect();
-                    push(up, Kernel::Grayscale, &samples);
+                    push(&mut steps, up, Kernel::Grayscale, &samples);
                 }
                 Op::GaussianBlur { sigma, p } => {
                     let mut samples = Vec::new();
@@ -541,22 +575,18 @@ impl Augmenter {
                             samples.push((i, uniform(rng, sigma.0, sigma.1) as f32));
                         }
                     }
-                    push(up, Kernel::Blur, &samples);
+                    push(&mut steps, up, Kernel::Blur, &samples);
                 }
                 Op::Solarize { threshold, p } => {
                     let samples: Vec<(usize, f32)> = (0..n)
                         .filter(|_| rng.gen::<f64>() < p)
                         .map(|i| (i, 0.0))
                         .collect();
-                    push(up, Kernel::Solarize { threshold }, &samples);
+                    push(&mut steps, up, Kernel::Solarize { threshold }, &samples);
                 }
             }
         }
-        ViewPlan {
-            theta,
-            bounds,
-            steps,
-        }
+        ViewPlan { grid, steps }
     }
 
     /// Runs a planned view on the device.
@@ -569,26 +599,125 @@ impl Augmenter {
         ints: &Tensor,
     ) -> Tensor {
         let s = self.out_size;
-        let theta = floats.narrow(0, plan.theta as i64, n * 6).view([n, 2, 3]);
-        let bounds = floats
-            .narrow(0, plan.bounds as i64, n * 4)
-            .view([n, 1, 1, 4]);
-        let grid = Tensor::affine_grid_generator(&theta, [n, 3, s, s], false)
-            .clamp_tensor(Some(bounds.narrow(3, 0, 2)), Some(bounds.narrow(3, 2, 2)));
-        // Bilinear (0), border padding (1): edge samples never blend with black.
+        let xs = floats.narrow(0, plan.grid as i64, n * s);
+        let ys = floats.narrow(0, (plan.grid as i64) + n * s, n * s);
+        let grid = Tensor::cat(
+            &[
+                xs.view([n, 1, s, 1]).expand([n, s, s, 1], false),
+                ys.view([n, s, 1, 1]).expand([n, s, s, 1], false),
+            ],
+            3,
+        );
+        // Bilinear (0), border padding (1), align_corners = false.
         let mut x = source.grid_sampler(&grid, 0, 1, false);
+        let slice = |t: &Tensor, at: usize, len: usize| t.narrow(0, at as i64, len as i64);
         for step in &plan.steps {
-            let params = floats.narrow(0, step.param as i64, step.n as i64);
-            if step.all {
-                x = apply(step.kernel, x, &params);
-            } else {
-                let idx = ints.narrow(0, step.idx as i64, step.n as i64);
-                let sub = apply(step.kernel, x.index_select(0, &idx), &params);
-                let _ = x.index_copy_(0, &idx, &sub);
+            match step {
+                &Step::Subset {
+                    kernel,
+                    n,
+                    idx,
+                    param,
+                    all,
+                } => {
+                    let params = slice(floats, param, n);
+                    if all {
+                        x = apply(kernel, x, &params);
+                    } else {
+                        let idx = slice(ints, idx, n);
+                        let sub = apply(kernel, x.index_select(0, &idx), &params);
+                        let _ = x.index_copy_(0, &idx, &sub);
+                    }
+                }
+                Step::Jitter {
+                    n,
+                    gather,
+                    slots,
+                    scatter,
+                } => {
+                    let mut y = x.index_select(0, &slice(ints, *gather, *n));
+                    for slot in slots {
+                        if let Some(r) = slot.reorder {
+                            y = y.index_select(0, &slice(ints, r, *n));
+                        }
+                        for &(kernel, start, len, param) in &slot.ranges {
+                            // Jitter kernels change their input in place: these rows of y.
+                            let _ = apply(
+                                kernel,
+                                y.narrow(0, start as i64, len as i64),
+                                &slice(floats, param, len),
+                            );
+                        }
+                    }
+                    let _ = x.index_copy_(0, &slice(ints, *scatter, *n), &y);
+                }
             }
         }
         normalise(x, floats)
     }
+}
+
+/// Plans colour jitter for `chosen` samples (index, factors, order of the four operations);
+/// operations of zero strength are the identity and are left out.
+fn plan_jitter(
+    chosen: &[(usize, [f32; 4], [usize; 4])],
+    kernels: &[(Kernel, f64); 4],
+    up: &mut Upload,
+) -> Option<Step> {
+    let n = chosen.len();
+    if n == 0 || kernels.iter().all(|&(_, amount)| amount == 0.0) {
+        return None;
+    }
+    let mut slots = Vec::with_capacity(4);
+    let mut gather = 0;
+    // Row → entry of `chosen`, in the previous slot's order.
+    let mut previous: Vec<usize> = Vec::new();
+    for slot in 0..4 {
+        let mut current: Vec<usize> = (0..n).collect();
+        current.sort_by_key(|&c| chosen[c].2[slot]);
+        let reorder = if slot == 0 {
+            gather = up.ints.len();
+            up.ints.extend(current.iter().map(|&c| chosen[c].0 as i64));
+            None
+        } else if current == previous {
+            None
+        } else {
+            let mut row_of = vec![0usize; n];
+            for (row, &c) in previous.iter().enumerate() {
+                row_of[c] = row;
+            }
+            let at = up.ints.len();
+            up.ints.extend(current.iter().map(|&c| row_of[c] as i64));
+            Some(at)
+        };
+        let mut ranges = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let op = chosen[current[start]].2[slot];
+            let len = current[start..]
+                .iter()
+                .take_while(|&&c| chosen[c].2[slot] == op)
+                .count();
+            let (kernel, amount) = kernels[op];
+            if amount != 0.0 {
+                let param = up.floats.len();
+                up.floats
+                    .extend(current[start..start + len].iter().map(|&c| chosen[c].1[op]));
+                ranges.push((kernel, start, len, param));
+            }
+            start += len;
+        }
+        slots.push(JitterSlot { reorder, ranges });
+        previous = current;
+    }
+    let scatter = up.ints.len();
+    up.ints.extend(previous.iter().map(|&c| chosen[c].0 as i64));
+    Some(Step::Jitter {
+        n,
+        gather,
+        slots,
+        scatter,
+    })
 }
 
 /// uint8 → float in [0, 1].
@@ -669,8 +798,12 @@ fn saturation_(x: Tensor, factor: &Tensor) -> Tensor {
 
 /// Inverts values at or above `threshold` (torchvision's `solarize` on float images).
 pub fn solarize(x: &Tensor, threshold: f64) -> Tensor {
-    let inverted: Tensor = 1.0 - x;
-    inverted.where_self(&x.ge(threshold), x)
+    // x + [x ≥ t]·(1 − 2x), with a 0/1 mask: `where` is slow on the CPU.
+    let mut flip = x * -2.0;
+    flip += 1.0;
+    flip *= x.ge(threshold).to_kind(Kind::Float);
+    flip += x;
+    flip
 }
 
 /// One kernel on `x` ([n, 3, S, S] in [0, 1], owned: changed in place where the kernel can)
@@ -697,20 +830,25 @@ fn apply(kernel: Kernel, x: Tensor, params: &Tensor) -> Tensor {
 /// torchvision's `adjust_hue`: shift the hue in HSV space by `shift` (a fraction of the circle,
 /// `[N, 1, 1, 1]`).
 ///
-/// With V = max(r, g, b) and C = max − min, HSV → RGB is `V − C·clamp(min(k, 4 − k), 0, 1)` with
-/// `k = (n + 6H) mod 6` for n = 5, 3, 1 (R, G, B), so the round trip needs only 6H from RGB.
+/// With V = max(r, g, b), m = min and C = V − m, HSV → RGB is `V − C·clamp(min(k, 4 − k), 0, 1)`
+/// with `k = (n + 6H) mod 6` for n = 5, 3, 1 (R, G, B), so the round trip needs only 6H from RGB.
+/// Written with cheap elementwise CPU kernels only (no `where`, `argmax` or `remainder`, which
+/// are many times slower there).
 pub fn adjust_hue(x: &Tensor, shift: &Tensor) -> Tensor {
     hue_(x.copy(), shift)
 }
 
 fn hue_(mut x: Tensor, shift: &Tensor) -> Tensor {
     let maxc = x.amax(1i64, true);
-    let chroma = &maxc - x.amin(1i64, true);
-    let six_h = {
+    let minc = x.amin(1i64, true);
+    let chroma = &maxc - &minc;
+    let mut six_h = {
         let r = x.narrow(1, 0, 1);
         let g = x.narrow(1, 1, 1);
         let b = x.narrow(1, 2, 1);
-        let inv = chroma.where_scalarother(&chroma.gt(0.0), 1.0).reciprocal();
+        // With C = 0 every difference below is 0 too, so any finite divisor does.
+        let inv = chroma.clamp_min(1e-12).reciprocal();
+        // 6H when r, g or b is the maximum. Where two tie the formulas agree modulo 6.
         let mut h_r = &g - &b;
         h_r *= &inv;
         let mut h_g = &b - &r;
@@ -719,25 +857,35 @@ fn hue_(mut x: Tensor, shift: &Tensor) -> Tensor {
         let mut h_b = &r - &g;
         h_b *= &inv;
         h_b += 4.0;
-        let mut h6 = h_r.where_self(
-            &maxc.eq_tensor(&r),
-            &h_g.where_self(&maxc.eq_tensor(&g), &h_b),
-        );
-        h6 += shift * 6.0;
-        h6
+        // Select with 0/1 masks, r before g before b as torchvision: h = b; h += [g max]·(g − h);
+        // h += [r max]·(r − h).
+        h_g -= &h_b;
+        h_g *= maxc.eq_tensor(&g).to_kind(Kind::Float);
+        h_b += &h_g;
+        h_r -= &h_b;
+        h_r *= maxc.eq_tensor(&r).to_kind(Kind::Float);
+        h_b += &h_r;
+        h_b
     };
-    // k = (n + 6H) mod 6 for n = 5, 3, 1, written over x (no longer needed); the offsets are
-    // made on the device (a host copy would synchronise a CUDA stream).
+    six_h += shift * 6.0;
+    // Into [0, 6]: 6H − 6·floor(6H / 6).
+    let turns = (&six_h * (1.0 / 6.0)).floor();
+    six_h -= turns * 6.0;
+    // k = 6H + n ∈ [1, 11] for n = 5, 3, 1, written over x (no longer needed); the offsets are
+    // made on the device (a host copy would synchronise a CUDA stream). On that range
+    // clamp(min(k mod 6, 4 − k mod 6), 0, 1) = 1 − clamp(min(|k − 2|, |k − 8|) − 1, 0, 1), so
+    // the channel is m + C·clamp(min(|k − 2|, |k − 8|) − 1, 0, 1).
     let offsets = Tensor::arange_start_step(5, 0, -2, (Kind::Float, x.device())).view([1, 3, 1, 1]);
     let _ = six_h.add_out(&x, &offsets);
-    let _ = x.remainder_(6.0);
-    let mut reverse = x.neg();
-    reverse += 4.0;
-    let _ = x.clamp_max_tensor_(&reverse);
+    let mut far = &x - 8.0;
+    let _ = far.abs_();
+    x -= 2.0;
+    let _ = x.abs_();
+    let _ = x.clamp_max_tensor_(&far);
+    x -= 1.0;
     let mut x = clamp01(x);
     x *= &chroma;
-    let _ = x.neg_();
-    x += &maxc;
+    x += &minc;
     x
 }
 

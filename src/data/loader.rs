@@ -27,7 +27,7 @@ pub struct LoaderOptions {
     pub start_batch: usize,
     /// Finished batches kept ready ahead of the consumer (at least 1).
     pub prefetch: usize,
-    /// Decode threads (0 = one per core).
+    /// Decode threads (0 = one per core; 1 = the loader thread itself, no pool).
     pub threads: usize,
     pub device: Device,
 }
@@ -177,15 +177,20 @@ fn produce(
     sender: crossbeam_channel::Sender<anyhow::Result<Batch>>,
     stop: Arc<AtomicBool>,
 ) {
-    let pool = match rayon::ThreadPoolBuilder::new()
-        .num_threads(opts.threads)
-        .thread_name(|i| format!("data-decode-{i}"))
-        .build()
-    {
-        Ok(pool) => pool,
-        Err(e) => {
-            let _ = sender.send(Err(anyhow::anyhow!("cannot start decode threads: {e}")));
-            return;
+    // One decode thread means this thread itself: no pool, nothing else competing for a core.
+    let pool = if opts.threads == 1 {
+        None
+    } else {
+        match rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.threads)
+            .thread_name(|i| format!("data-decode-{i}"))
+            .build()
+        {
+            Ok(pool) => Some(pool),
+            Err(e) => {
+                let _ = sender.send(Err(anyhow::anyhow!("cannot start decode threads: {e}")));
+                return;
+            }
         }
     };
     let order = epoch_order(dataset.len(), opts.shuffle, opts.seed, opts.epoch);
@@ -196,7 +201,10 @@ fn produce(
         let start = b * batch_size;
         let end = (start + batch_size).min(order.len());
         let indices = order[start..end].to_vec();
-        let result = pool.install(|| make_batch(dataset.as_ref(), indices, opts.device));
+        let result = match &pool {
+            Some(pool) => pool.install(|| make_batch(dataset.as_ref(), indices, opts.device)),
+            None => make_batch_on_this_thread(dataset.as_ref(), indices, opts.device),
+        };
         let failed = result.is_err();
         if sender.send(result).is_err() || failed {
             return;
@@ -204,13 +212,59 @@ fn produce(
     }
 }
 
-/// Decodes `indices` into one `[N, 3, H, W]` uint8 tensor on `device` (with the labels).
+/// Decodes `indices` into one `[N, 3, H, W]` uint8 tensor on `device` (with the labels), the
+/// images in parallel on the current rayon pool.
 pub fn make_batch(
     dataset: &dyn Dataset,
     indices: Vec<usize>,
     device: Device,
 ) -> anyhow::Result<Batch> {
     use rayon::prelude::*;
+    build_batch(indices, dataset, device, |buffer, image_bytes, indices| {
+        buffer
+            .par_chunks_mut(image_bytes)
+            .zip(indices.par_iter())
+            .try_for_each_init(
+                || vec![0u8; image_bytes],
+                |hwc, (chw, &index)| decode_one(dataset, index, hwc, chw),
+            )
+    })
+}
+
+/// [`make_batch`] decoding on the calling thread only.
+pub fn make_batch_on_this_thread(
+    dataset: &dyn Dataset,
+    indices: Vec<usize>,
+    device: Device,
+) -> anyhow::Result<Batch> {
+    build_batch(indices, dataset, device, |buffer, image_bytes, indices| {
+        let mut hwc = vec![0u8; image_bytes];
+        for (chw, &index) in buffer.chunks_mut(image_bytes).zip(indices) {
+            decode_one(dataset, index, &mut hwc, chw)?;
+        }
+        Ok(())
+    })
+}
+
+fn decode_one(
+    dataset: &dyn Dataset,
+    index: usize,
+    hwc: &mut [u8],
+    chw: &mut [u8],
+) -> anyhow::Result<()> {
+    dataset.read_into(index, hwc)?;
+    super::hwc_to_chw(hwc, chw);
+    Ok(())
+}
+
+/// Allocates the host buffer (pinned on CUDA), fills it with `fill(buffer, bytes per image,
+/// indices)`, and moves images and labels to `device`.
+fn build_batch(
+    indices: Vec<usize>,
+    dataset: &dyn Dataset,
+    device: Device,
+    fill: impl FnOnce(&mut [u8], usize, &[usize]) -> anyhow::Result<()>,
+) -> anyhow::Result<Batch> {
     let (h, w) = dataset.image_size();
     let n = indices.len();
     let image_bytes = h * w * 3;
@@ -230,17 +284,7 @@ pub fn make_batch(
         // else references until this block ends.
         let buffer =
             unsafe { std::slice::from_raw_parts_mut(host.data_ptr() as *mut u8, n * image_bytes) };
-        buffer
-            .par_chunks_mut(image_bytes)
-            .zip(indices.par_iter())
-            .try_for_each_init(
-                || vec![0u8; image_bytes],
-                |hwc, (chw, &index)| -> anyhow::Result<()> {
-                    dataset.read_into(index, hwc)?;
-                    super::hwc_to_chw(hwc, chw);
-                    Ok(())
-                },
-            )?;
+        fill(buffer, image_bytes, &indices)?;
     }
     let labels: Vec<i64> = indices.iter().map(|&i| dataset.label(i)).collect();
     let labels = Tensor::from_slice(&labels);

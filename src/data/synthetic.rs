@@ -201,12 +201,11 @@ fn draw(rng: &mut ChaCha8Rng, class: usize, size: usize, out: &mut [u8]) {
                 ]
             };
             let o = (y * size + x) * 3;
+            // One draw per pixel: three 21-bit uniform numbers for the three channels' noise.
+            let bits: u64 = rng.gen();
             for c in 0..3 {
-                let n = if noise > 0.0 {
-                    rng.gen_range(-noise..noise)
-                } else {
-                    0.0
-                };
+                let unit = ((bits >> (21 * c)) & 0x1f_ffff) as f32 / 2_097_152.0;
+                let n = (unit * 2.0 - 1.0) * noise;
                 out[o + c] = ((colour[c] + n).clamp(0.0, 1.0) * 255.0).round() as u8;
             }
         }

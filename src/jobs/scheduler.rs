@@ -520,7 +520,7 @@ impl Scheduler {
         let submitted = {
             let mut slots = inner.slots.lock().unwrap();
             if slots.shutting_down {
-                Err(job)
+                false
             } else {
                 let slots = &mut *slots;
                 let workers = match slots.workers.entry(device_name.to_string()) {
@@ -533,7 +533,7 @@ impl Scheduler {
                 workers.submit(job)
             }
         };
-        if submitted.is_err() {
+        if !submitted {
             return self.requeue(id).await;
         }
         tracing::info!(run = id, device = device_name, start_step, "run started");

@@ -145,12 +145,10 @@ impl DeviceWorkers {
         })
     }
 
-    /// Hands a job to a free thread (the scheduler only dispatches when one is free).
-    pub fn submit(&self, job: Job) -> Result<(), Job> {
-        match &self.tx {
-            Some(tx) => tx.send(job).map_err(|e| e.into_inner()),
-            None => Err(job),
-        }
+    /// Hands a job to a free thread (the scheduler only dispatches when one is free); false when
+    /// the threads are closing.
+    pub fn submit(&self, job: Job) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
     }
 
     /// Lets the threads end after their current job; returns them for joining.

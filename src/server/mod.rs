@@ -225,10 +225,18 @@ impl BoundServer {
         stop_accepting.send_replace(true);
         state.scheduler.shutdown(SHUTDOWN_GRACE).await;
         state.shutdown.send_replace(true);
+        tracing::debug!("runs stopped; closing connections");
         let served = match early {
             Some(result) => Some(result),
             None => tokio::time::timeout(CONNECTION_GRACE, &mut http).await.ok(),
         };
+        // Every write is done: close the database cleanly (this also checkpoints the WAL).
+        if tokio::time::timeout(CONNECTION_GRACE, state.db.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the database did not close in time");
+        }
         match served {
             Some(Ok(Ok(()))) => Ok(()),
             Some(Ok(Err(e))) => Err(anyhow::Error::from(e).context("server error")),
