@@ -11,8 +11,11 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
+/// A named check that needs a CUDA device.
+type Check = (&'static str, fn(Device));
+
 fn main() {
-    let checks: [(&str, fn(Device)); 2] = [
+    let checks: [Check; 2] = [
         (
             "a_tiny_run_completes_on_cuda_with_checkpoints",
             a_tiny_run_completes_on_cuda_with_checkpoints,

@@ -106,14 +106,14 @@ fn train_until(cfg: &RunConfig, run_dir: &Path, step: i64) -> (RunOutcome, Colle
 #[test]
 fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
     let dir = tempfile::tempdir().unwrap();
-    // Small enough for two CPU cores in a minute or two: a narrow ResNet-18, a queue far smaller
+    // Small enough for two CPU cores in two or three minutes: a narrow ResNet-18, a queue far smaller
     // than the training set (so it never holds earlier keys of the images being contrasted) and
     // a constant learning rate (a cosine schedule spends most of such a short run near zero).
     let cfg = tiny(json!({
         "width": 8, "batch_size": 32, "queue_size": 128, "base_lr": 0.015, "lr_base_batch": 32,
-        "lr_schedule": "step", "lr_milestones": [], "epochs": 6, "knn_every": 3,
+        "lr_schedule": "step", "lr_milestones": [], "epochs": 10, "knn_every": 5,
         "metrics_every": 16, "loader_threads": 1,
-        "dataset": {"synthetic_train": 2048, "synthetic_test": 400}
+        "dataset": {"synthetic_train": 2048, "synthetic_test": 1000}
     }));
     let baseline =
         moco_server::train::trainer::random_init_knn(&cfg, dir.path(), Device::Cpu).unwrap();
@@ -125,11 +125,12 @@ fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
     else {
         panic!("run did not complete: {outcome:?}");
     };
-    assert_eq!(step, 6 * 64);
+    assert_eq!(step, 10 * 64);
     let evals: Vec<(i64, f64)> = observer.evaluations().collect();
-    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![3, 6]);
+    assert_eq!(evals.iter().map(|e| e.0).collect::<Vec<_>>(), vec![5, 10]);
+    // Measured here: 21.7% after training vs 16.3% at random init, on 1000 held-out images.
     assert!(
-        trained > baseline + 5.0,
+        trained > baseline + 4.0,
         "kNN top-1 after training {trained:.1}% vs random init {baseline:.1}%"
     );
     // The loss went down, the queue spread out, and every metric of the dashboard was reported.

@@ -317,7 +317,7 @@ pub fn detect_kind(path: &Path) -> Option<DatasetKind> {
     None
 }
 
-/// Turns a dataset's image into the first image of a `[3, H, W]`-shaped buffer (CHW order).
+/// Rearranges one HWC image (as datasets hand them out) into CHW order (as tensors hold them).
 pub(crate) fn hwc_to_chw(hwc: &[u8], chw: &mut [u8]) {
     let plane = hwc.len() / 3;
     for (i, px) in hwc.chunks_exact(3).enumerate() {
