@@ -908,11 +908,11 @@ mod tests {
     #[test]
     fn partial_json_takes_preset_defaults() {
         let doc =
-            serde_json::json!({"preset": "v1", "epochs": 5, "dataset": {"synthetic_train": 100}});
+            serde_json::json!({"preset": "v1", "epochs": 5, "dataset": {"synthetic_train": 1000}});
         let cfg = RunConfig::from_partial_json(&doc, Preset::Cifar).unwrap();
         assert_eq!(cfg.preset, Preset::V1);
         assert_eq!(cfg.temperature, 0.07);
         assert_eq!(cfg.epochs, 5);
-        assert_eq!(cfg.dataset.synthetic_train, 100);
+        assert_eq!(cfg.dataset.synthetic_train, 1000);
     }
 }
