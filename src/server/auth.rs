@@ -3,7 +3,7 @@
 //! or the `moco_token` cookie set by `POST /api/login`. Reading stays open.
 use super::AppState;
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -56,7 +56,8 @@ impl Auth {
         if bearer.is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes())) {
             return true;
         }
-        cookie(req, COOKIE).is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
+        cookie(req.headers(), COOKIE)
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), expected.as_bytes()))
     }
 
     /// Compares a presented token with the expected one.
@@ -89,8 +90,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn cookie<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    req.headers()
+/// The value of cookie `name` in the request headers, if any.
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())

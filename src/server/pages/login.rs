@@ -5,7 +5,7 @@ use super::{render, Layout};
 use crate::server::{auth, AppState};
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 
@@ -24,22 +24,10 @@ struct LoginPage {
     next: String,
 }
 
-/// The value of cookie `name` in the request, if any.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 /// The server wants a token for changes and this request does not carry a valid one.
 pub fn needs_sign_in(state: &AppState, headers: &HeaderMap) -> bool {
     state.auth.token.is_some()
-        && !cookie(headers, auth::COOKIE).is_some_and(|t| state.auth.matches(t))
+        && !auth::cookie(headers, auth::COOKIE).is_some_and(|t| state.auth.matches(t))
 }
 
 /// Where to go after signing in: a path on this server, never another site.
@@ -81,8 +69,11 @@ mod tests {
     #[test]
     fn cookies_are_found_by_name() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::COOKIE, "a=1; moco_token=abc; b=2".parse().unwrap());
-        assert_eq!(cookie(&headers, auth::COOKIE), Some("abc"));
-        assert_eq!(cookie(&headers, "c"), None);
+        headers.insert(
+            axum::http::header::COOKIE,
+            "a=1; moco_token=abc; b=2".parse().unwrap(),
+        );
+        assert_eq!(auth::cookie(&headers, auth::COOKIE), Some("abc"));
+        assert_eq!(auth::cookie(&headers, "c"), None);
     }
 }
