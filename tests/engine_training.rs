@@ -42,24 +42,35 @@ fn tiny(overrides: Value) -> RunConfig {
     RunConfig::from_partial_json(&doc, Preset::Cifar).unwrap()
 }
 
+/// Runs the engine on the CPU with `run_dir` as both data and run directory.
+fn run(
+    cfg: &RunConfig,
+    run_dir: &Path,
+    resume: Option<&Path>,
+    stop: StopFlag,
+    observer: &mut dyn moco_server::train::events::Observer,
+) -> RunOutcome {
+    run_training(
+        &TrainRequest {
+            config: cfg.clone(),
+            data_dir: run_dir.to_path_buf(),
+            run_dir: run_dir.to_path_buf(),
+            device: Device::Cpu,
+            stop,
+            resume_from: resume.map(Path::to_path_buf),
+        },
+        observer,
+    )
+    .unwrap()
+}
+
 fn train(
     cfg: &RunConfig,
     run_dir: &Path,
     resume: Option<&Path>,
 ) -> (RunOutcome, CollectingObserver) {
     let mut observer = CollectingObserver::default();
-    let outcome = run_training(
-        &TrainRequest {
-            config: cfg.clone(),
-            data_dir: run_dir.to_path_buf(),
-            run_dir: run_dir.to_path_buf(),
-            device: Device::Cpu,
-            stop: StopFlag::new(),
-            resume_from: resume.map(Path::to_path_buf),
-        },
-        &mut observer,
-    )
-    .unwrap();
+    let outcome = run(cfg, run_dir, resume, StopFlag::new(), &mut observer);
     (outcome, observer)
 }
 
@@ -88,18 +99,7 @@ fn train_until(cfg: &RunConfig, run_dir: &Path, step: i64) -> (RunOutcome, Colle
         step,
         inner: CollectingObserver::default(),
     };
-    let outcome = run_training(
-        &TrainRequest {
-            config: cfg.clone(),
-            data_dir: run_dir.to_path_buf(),
-            run_dir: run_dir.to_path_buf(),
-            device: Device::Cpu,
-            stop,
-            resume_from: None,
-        },
-        &mut observer,
-    )
-    .unwrap();
+    let outcome = run(cfg, run_dir, None, stop, &mut observer);
     (outcome, observer.inner)
 }
 
