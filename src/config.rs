@@ -121,6 +121,55 @@ pub enum MomentumSchedule {
     Cosine,
 }
 
+/// Arithmetic of the forward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// bf16 autocast on a CUDA device that computes in bf16 natively, fp16 with loss scaling on
+    /// older ones, fp32 on the CPU.
+    #[default]
+    Auto,
+    Fp32,
+    /// Autocast in bfloat16: fp32's range, so no loss scaling is needed.
+    Bf16,
+    /// Autocast in float16 with dynamic loss scaling (steps whose gradients overflow are skipped).
+    Fp16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+}
+
+/// Memory layout of images and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemoryFormat {
+    /// channels_last on CUDA (cuDNN's tensor-core convolutions work in NHWC), contiguous on the
+    /// CPU.
+    #[default]
+    Auto,
+    ChannelsLast,
+    Contiguous,
+}
+
+impl MemoryFormat {
+    /// Whether activations are kept channels_last on `device`.
+    pub fn channels_last_on(self, device: tch::Device) -> bool {
+        match self {
+            MemoryFormat::Auto => device.is_cuda(),
+            MemoryFormat::ChannelsLast => true,
+            MemoryFormat::Contiguous => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KnnFeatures {
@@ -281,6 +330,12 @@ pub struct RunConfig {
     pub seed: u64,
     /// "auto", "cpu" or "cuda:N".
     pub device: String,
+    /// auto, fp32, bf16 or fp16 (see `Precision`).
+    #[serde(default)]
+    pub precision: Precision,
+    /// auto, channels_last or contiguous (see `MemoryFormat`).
+    #[serde(default)]
+    pub memory_format: MemoryFormat,
     /// Read metrics from the device every N steps.
     pub metrics_every: i64,
     /// Weighted kNN monitor every E epochs (0 = never; always after the last epoch otherwise).
@@ -332,6 +387,8 @@ impl RunConfig {
             loader_threads: 0,
             seed: 0,
             device: "auto".into(),
+            precision: Precision::Auto,
+            memory_format: MemoryFormat::Auto,
             metrics_every: 10,
             knn_every: 1,
             knn_k: 200,

@@ -66,6 +66,20 @@ pub fn report() -> String {
             "not available"
         }
     );
+    let precision = crate::train::trainer::reduced_precision(
+        crate::config::Precision::Auto,
+        tch::Device::cuda_if_available(),
+    );
+    let _ = writeln!(
+        s,
+        "precision   {} (what precision = auto uses here)",
+        match precision {
+            Ok(None) => "fp32",
+            Ok(Some(crate::torch_ext::ReducedPrecision::Bf16)) => "bf16 autocast",
+            Ok(Some(crate::torch_ext::ReducedPrecision::Fp16)) => "fp16 autocast + loss scaling",
+            Err(_) => "unknown",
+        }
+    );
     let _ = writeln!(s, "threads     {} (intra-op)", tch::get_num_threads());
     let _ = writeln!(
         s,

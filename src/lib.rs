@@ -8,4 +8,5 @@ pub mod doctor;
 pub mod jobs;
 pub mod moco;
 pub mod server;
+pub mod torch_ext;
 pub mod train;

@@ -14,6 +14,7 @@
   const METRICS = [
     "loss", "lr", "momentum", "top1", "pos_logit", "neg_logit", "neg_logit_max", "queue_fill", "queue_ptr",
     "key_age_mean", "key_age_max", "queue_similarity", "drift", "images_per_sec", "data_wait_ms",
+    "device_memory_mb", "device_memory_peak_mb", "loss_scale",
   ];
   const $ = (id) => document.getElementById(id);
 
@@ -88,6 +89,8 @@
       if (name === "queue_fill") text = Moco.fixed(v * 100, 1) + " %";
       else if (name === "queue_ptr" || name === "key_age_max") text = String(Math.round(v));
       else if (name === "key_age_mean") text = Moco.fixed(v, 1);
+      else if (name === "device_memory_mb" || name === "device_memory_peak_mb") text = Math.round(v) + " MiB";
+      else if (name === "loss_scale") text = String(Math.round(v));
       else text = Moco.num(v);
       el.textContent = text;
     });

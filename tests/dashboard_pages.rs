@@ -555,3 +555,51 @@ async fn a_server_with_a_token_asks_the_browser_to_sign_in() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     wait_for_state(&server, 1, &["cancelled"]).await;
 }
+
+#[tokio::test]
+async fn a_gpu_run_shows_device_memory_and_loss_scale_and_a_cpu_run_does_not() {
+    use moco_server::config::{Preset, RunConfig};
+    use moco_server::db::{self, runs::RunState};
+    use moco_server::train::events::MetricRecord;
+    // Runs recorded by a GPU machine and a CPU machine, in the data directory the server opens.
+    let dir = tempfile::tempdir().unwrap();
+    let pool = db::open(&dir.path().join("moco.sqlite")).await.unwrap();
+    let cfg = RunConfig::preset(Preset::Cifar);
+    let gpu = db::runs::insert(&pool, &cfg, "cuda:0").await.unwrap();
+    let cpu = db::runs::insert(&pool, &cfg, "cpu").await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    for id in [gpu, cpu] {
+        db::runs::finish(&mut conn, id, RunState::Completed, None, Some(10))
+            .await
+            .unwrap();
+    }
+    let values = [
+        ("device_memory_mb", 1536.4),
+        ("device_memory_peak_mb", 1200.0),
+        ("loss_scale", 32768.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let record = MetricRecord {
+        step: 10,
+        epoch: 0,
+        values,
+    };
+    db::metrics::insert(&mut conn, gpu, &record).await.unwrap();
+    drop(conn);
+    pool.close().await;
+
+    let server = Server::start(dir.path());
+    let (status, html) = get(&server.at(&format!("/runs/{gpu}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(html.contains(r#"data-metric="device_memory_mb">1536 MiB</div>"#));
+    assert!(html.contains(r#"data-metric="device_memory_peak_mb">1200 MiB</div>"#));
+    assert!(html.contains(r#"data-metric="loss_scale">32768</div>"#));
+    let (status, html) = get(&server.at(&format!("/runs/{cpu}"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        !html.contains("device_memory_mb"),
+        "a CPU run has no device tiles"
+    );
+}

@@ -3,7 +3,7 @@
 //! than the libtest harness, so "skipped" is said out loud instead of passing silently.
 use moco_server::config::{Preset, RunConfig};
 use moco_server::moco::model::MocoModel;
-use moco_server::train::events::{CheckpointKind, CollectingObserver, RunOutcome};
+use moco_server::train::events::{CheckpointKind, CollectingObserver, RunOutcome, TrainEvent};
 use moco_server::train::stop::StopFlag;
 use moco_server::train::{run_training, TrainRequest};
 use rand::SeedableRng;
@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 type Check = (&'static str, fn(Device));
 
 fn main() {
-    let checks: [Check; 2] = [
+    let checks: [Check; 4] = [
         (
             "a_tiny_run_completes_on_cuda_with_checkpoints",
             a_tiny_run_completes_on_cuda_with_checkpoints,
@@ -24,6 +24,11 @@ fn main() {
             "a_cuda_step_matches_the_cpu_step",
             a_cuda_step_matches_the_cpu_step,
         ),
+        (
+            "auto_on_cuda_is_bf16_channels_last_with_memory_metrics",
+            auto_on_cuda_is_bf16_channels_last_with_memory_metrics,
+        ),
+        ("fp16_on_cuda_scales_the_loss", fp16_on_cuda_scales_the_loss),
     ];
     let available = tch::Cuda::is_available();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
@@ -50,17 +55,18 @@ fn main() {
     }
 }
 
-fn a_tiny_run_completes_on_cuda_with_checkpoints(device: Device) {
+/// Trains the tiny CIFAR-shaped config (2 epochs of 8 steps) on `device` with `overrides`.
+fn tiny_run(device: Device, overrides: serde_json::Value) -> (RunOutcome, CollectingObserver) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = RunConfig::from_partial_json(
-        &json!({
-            "preset": "cifar", "width": 16, "batch_size": 64, "queue_size": 256,
-            "epochs": 2, "device": "cuda:0", "metrics_every": 4, "knn_every": 1,
-            "dataset": {"kind": "synthetic", "synthetic_train": 512, "synthetic_test": 128}
-        }),
-        Preset::Cifar,
-    )
-    .unwrap();
+    let mut doc = json!({
+        "preset": "cifar", "width": 16, "batch_size": 64, "queue_size": 256,
+        "epochs": 2, "device": "cuda:0", "metrics_every": 4, "knn_every": 1,
+        "dataset": {"kind": "synthetic", "synthetic_train": 512, "synthetic_test": 128}
+    });
+    for (k, v) in overrides.as_object().unwrap() {
+        doc[k] = v.clone();
+    }
+    let cfg = RunConfig::from_partial_json(&doc, Preset::Cifar).unwrap();
     let mut observer = CollectingObserver::default();
     let outcome = run_training(
         &TrainRequest {
@@ -74,6 +80,18 @@ fn a_tiny_run_completes_on_cuda_with_checkpoints(device: Device) {
         &mut observer,
     )
     .unwrap();
+    (outcome, observer)
+}
+
+fn logged(observer: &CollectingObserver, line: &str) -> bool {
+    observer
+        .events
+        .iter()
+        .any(|e| matches!(e, TrainEvent::Log { message, .. } if message == line))
+}
+
+fn a_tiny_run_completes_on_cuda_with_checkpoints(device: Device) {
+    let (outcome, observer) = tiny_run(device, json!({}));
     assert!(
         matches!(outcome, RunOutcome::Completed { step: 16, .. }),
         "{outcome:?}"
@@ -83,6 +101,44 @@ fn a_tiny_run_completes_on_cuda_with_checkpoints(device: Device) {
     assert!(last.values["images_per_sec"] > 0.0);
     let kinds: Vec<_> = observer.checkpoints().map(|c| c.kind).collect();
     assert_eq!(kinds, vec![CheckpointKind::Full, CheckpointKind::Encoder]);
+}
+
+/// On an Ampere-or-newer GPU, auto means bf16 autocast and channels_last, and the records carry
+/// the allocator's memory figures.
+fn auto_on_cuda_is_bf16_channels_last_with_memory_metrics(device: Device) {
+    let (outcome, observer) = tiny_run(device, json!({"knn_every": 0}));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { .. }),
+        "{outcome:?}"
+    );
+    let expected = if moco_server::torch_ext::cuda_bf16_supported() {
+        "computing in bf16 autocast, channels_last activations"
+    } else {
+        "computing in fp16 autocast with loss scaling, channels_last activations"
+    };
+    assert!(logged(&observer, expected), "no log line {expected:?}");
+    for record in observer.metrics() {
+        let reserved = record.values["device_memory_mb"];
+        let peak = record.values["device_memory_peak_mb"];
+        assert!(
+            reserved > 1.0 && peak > 1.0 && peak <= reserved + 1e-9,
+            "{reserved} {peak}"
+        );
+        assert!(record.values["loss"].is_finite());
+    }
+}
+
+fn fp16_on_cuda_scales_the_loss(device: Device) {
+    let (outcome, observer) = tiny_run(device, json!({"knn_every": 0, "precision": "fp16"}));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { .. }),
+        "{outcome:?}"
+    );
+    for record in observer.metrics() {
+        let scale = record.values["loss_scale"];
+        assert!((1.0..=65536.0).contains(&scale), "loss scale {scale}");
+        assert!(record.values["loss"].is_finite());
+    }
 }
 
 fn a_cuda_step_matches_the_cpu_step(device: Device) {

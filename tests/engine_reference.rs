@@ -49,7 +49,7 @@ fn compare_one_step(overrides: Value) {
         config: cfg.clone(),
     };
     let before = dir.path().join("before.safetensors");
-    save_full(&before, &model, &optimizer.buffer, &state).unwrap();
+    save_full(&before, &model, &optimizer, &state).unwrap();
 
     // Three steps with fresh inputs each: the momentum buffer, the zeroing of gradients, the
     // momentum update and the queue pointer all carry over between steps.
@@ -81,7 +81,7 @@ fn compare_one_step(overrides: Value) {
     state.step = steps as i64;
     state.queue_ptr = model.queue.ptr;
     let after = dir.path().join("after.safetensors");
-    save_full(&after, &model, &optimizer.buffer, &state).unwrap();
+    save_full(&after, &model, &optimizer, &state).unwrap();
 
     let inputs = dir.path().join("inputs.safetensors");
     let meta = HashMap::from([

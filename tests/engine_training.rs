@@ -146,9 +146,11 @@ fn training_on_the_synthetic_set_beats_a_random_encoder_at_knn() {
         "queue similarity did not fall"
     );
     for name in moco_server::train::events::metric::ALL {
-        if name != "device_memory_mb" {
-            assert!(last.values.contains_key(name), "{name} missing");
-        }
+        assert!(last.values.contains_key(name), "{name} missing");
+    }
+    // A CPU run in fp32: no device memory, no loss scale.
+    for name in moco_server::train::events::metric::OPTIONAL {
+        assert!(!last.values.contains_key(name), "{name} present");
     }
     assert_eq!(last.values["queue_fill"], 1.0);
     assert_eq!(
@@ -381,4 +383,114 @@ print(json.dumps({"missing": sorted(res.missing_keys), "unexpected": sorted(res.
         report,
         json!({"missing": ["conv1.weight", "fc.bias", "fc.weight"], "unexpected": []})
     );
+}
+
+/// The log lines of a run.
+fn logs(observer: &CollectingObserver) -> Vec<String> {
+    observer
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            TrainEvent::Log { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn fp16_with_loss_scaling_trains_and_resumes_with_its_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    // fp16 arithmetic is emulated on most CPUs (many times slower than fp32): keep this run small.
+    let cfg = tiny(json!({
+        "width": 4, "batch_size": 16, "queue_size": 64, "epochs": 1, "knn_every": 0,
+        "precision": "fp16", "memory_format": "channels_last", "metrics_every": 4,
+        "dataset": {"synthetic_train": 128, "synthetic_test": 64}
+    }));
+    let (outcome, observer) = train(&cfg, dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    assert!(logs(&observer)
+        .iter()
+        .any(|l| l.starts_with("precision fp16 on the CPU")));
+    assert!(
+        logs(&observer)
+            .iter()
+            .any(|l| l == "computing in fp16 autocast with loss scaling, channels_last activations"),
+        "{:?}",
+        logs(&observer)
+    );
+    let records: Vec<_> = observer.metrics().collect();
+    assert_eq!(records.len(), 2);
+    for r in &records {
+        assert!(r.values["loss"].is_finite() && r.values["loss"] > 0.0);
+        // Powers of two from the initial 65536 down: halved once per overflowing step.
+        let scale = r.values["loss_scale"];
+        assert!(
+            (1.0..=65536.0).contains(&scale) && scale.log2().fract() == 0.0,
+            "loss scale {scale}"
+        );
+    }
+    let last_scale = records[1].values["loss_scale"];
+    let ckpt = observer
+        .checkpoints()
+        .find(|c| c.kind == CheckpointKind::Full)
+        .unwrap()
+        .path
+        .clone();
+    let (tensors, _) = read_safetensors(&ckpt, Device::Cpu).unwrap();
+    let saved = tensors
+        .iter()
+        .find(|(n, _)| n == "optimizer.loss_scale")
+        .expect("the checkpoint keeps the loss scale");
+    assert_eq!(saved.1.double_value(&[]), last_scale);
+
+    // One more epoch from the checkpoint starts from the saved scale, not from 65536 again.
+    let longer = RunConfig {
+        epochs: 2,
+        ..cfg.clone()
+    };
+    let (outcome, resumed) = train(&longer, dir.path(), Some(&ckpt));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 16, .. }),
+        "{outcome:?}"
+    );
+    let first = resumed.metrics().next().unwrap().values["loss_scale"];
+    assert!(
+        first <= last_scale,
+        "{first} after resuming at {last_scale}"
+    );
+}
+
+#[test]
+fn a_bf16_autocast_run_follows_the_fp32_run() {
+    let run_with = |precision: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tiny(json!({
+            "width": 8, "batch_size": 32, "queue_size": 128, "epochs": 1, "knn_every": 0,
+            "precision": precision, "metrics_every": 4,
+            "dataset": {"synthetic_train": 256, "synthetic_test": 64}
+        }));
+        let (outcome, observer) = train(&cfg, dir.path(), None);
+        assert!(
+            matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+            "{outcome:?}"
+        );
+        observer
+    };
+    let fp32 = run_with("fp32");
+    let bf16 = run_with("bf16");
+    assert!(logs(&bf16)
+        .iter()
+        .any(|l| l == "computing in bf16 autocast, contiguous activations"));
+    let losses =
+        |o: &CollectingObserver| -> Vec<f64> { o.metrics().map(|m| m.values["loss"]).collect() };
+    let (a, b) = (losses(&fp32), losses(&bf16));
+    assert_eq!(a.len(), 2);
+    assert_ne!(a, b, "bf16 computes differently");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((x - y).abs() < 0.15, "fp32 losses {a:?}, bf16 {b:?}");
+    }
+    assert!(bf16.metrics().all(|m| !m.values.contains_key("loss_scale")));
 }

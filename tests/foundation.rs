@@ -78,4 +78,16 @@ fn doctor_reports_versions_and_devices() {
     assert!(text.contains(&format!("moco-server {}", env!("CARGO_PKG_VERSION"))));
     assert!(text.contains("CUDA        "), "{text}");
     assert!(text.contains("libtorch works"), "{text}");
+    let precision = text
+        .lines()
+        .find(|l| l.starts_with("precision   "))
+        .unwrap_or_else(|| panic!("no precision line: {text}"));
+    if tch::Cuda::is_available() {
+        assert!(precision.contains("autocast"), "{precision}");
+    } else {
+        assert_eq!(
+            precision,
+            "precision   fp32 (what precision = auto uses here)"
+        );
+    }
 }

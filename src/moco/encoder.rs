@@ -6,6 +6,7 @@
 use super::norm::BatchNorm;
 use super::params::ParamStore;
 use crate::config::{Arch, Stem};
+use crate::torch_ext::to_channels_last;
 use tch::{Kind, Tensor};
 
 /// A convolution without bias, Kaiming-normal initialised in fan-out mode (torchvision's init).
@@ -70,6 +71,10 @@ impl Block {
 }
 
 pub struct ResNet {
+    /// Convert the input to channels_last, so every convolution, BatchNorm and activation after it
+    /// stays NHWC. The weights stay in the flat contiguous buffer: cuDNN converts them per call,
+    /// which is small next to the activations.
+    pub channels_last: bool,
     stem: Stem,
     conv1: Conv,
     bn1: BatchNorm,
@@ -148,6 +153,7 @@ impl ResNet {
             layers.push(layer);
         }
         ResNet {
+            channels_last: false,
             stem,
             conv1,
             bn1,
@@ -163,9 +169,14 @@ impl ResNet {
 
     /// Images [N, 3, H, W] → pooled features [N, feature_dim].
     pub fn forward(&self, x: &Tensor, train: bool, splits: i64) -> Tensor {
+        let x = if self.channels_last {
+            to_channels_last(x)
+        } else {
+            x.shallow_clone()
+        };
         let mut out = self
             .bn1
-            .forward(&self.conv1.forward(x), train, splits)
+            .forward(&self.conv1.forward(&x), train, splits)
             .relu();
         if self.stem == Stem::Imagenet {
             out = out.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);

@@ -19,7 +19,8 @@ pub struct Encoder {
 impl Encoder {
     pub fn new(cfg: &RunConfig, device: Device) -> Self {
         let mut store = ParamStore::new(device);
-        let backbone = ResNet::new(&mut store, cfg.arch, cfg.stem, cfg.width);
+        let mut backbone = ResNet::new(&mut store, cfg.arch, cfg.stem, cfg.width);
+        backbone.channels_last = cfg.memory_format.channels_last_on(device);
         let head = Head::new(
             &mut store,
             cfg.head,

@@ -5,6 +5,7 @@
 //! CIFAR demo's `SplitBatchNorm`). Sample `n` belongs to sub-batch `n mod S`, which after the key
 //! shuffle is a random subset. Running statistics are the mean of the sub-batches' updates.
 use super::params::ParamStore;
+use crate::torch_ext::is_channels_last;
 use tch::{Kind, Tensor};
 
 pub const BN_MOMENTUM: f64 = 0.1;
@@ -68,6 +69,9 @@ impl BatchNorm {
             n % splits == 0,
             "batch of {n} does not split into {splits} sub-batches"
         );
+        if size.len() == 4 && is_channels_last(x) {
+            return self.split_channels_last(x, splits);
+        }
         let mut grouped_shape = size.clone();
         grouped_shape[0] = n / splits;
         grouped_shape[1] = self.channels * splits;
@@ -95,6 +99,47 @@ impl BatchNorm {
                 .mean_dim(0, false, Kind::Float);
             self.running_mean.shallow_clone().copy_(&mean);
             self.running_var.shallow_clone().copy_(&var);
+        });
+        out
+    }
+
+    /// Split BN for a channels_last input, keeping it channels_last. The grouped view above
+    /// ([N/S, S·C, H, W]) does not exist in NHWC memory, and reshaping there would copy every
+    /// activation twice and hand the next convolution an NCHW tensor. So the statistics are
+    /// computed on the view [N/S, S, C, H, W] (sample n in sub-batch n mod S, as above) and the
+    /// normalisation is one fused multiply-add; autograd derives the same gradients as batch_norm.
+    fn split_channels_last(&self, x: &Tensor, splits: i64) -> Tensor {
+        let size = x.size();
+        let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
+        let grouped = x.view([n / splits, splits, c, h, w]);
+        // Statistics in fp32 even when autocast hands us bf16/fp16 activations, as cuDNN's
+        // batch norm keeps them.
+        let (var, mean) =
+            grouped
+                .to_kind(Kind::Float)
+                .var_mean_correction(&[0i64, 3, 4][..], 0, true);
+        let affine_shape = [1, 1, c, 1, 1];
+        let scale = (&var + BN_EPS).rsqrt() * self.weight.view(affine_shape);
+        let shift = self.bias.view(affine_shape) - &mean * &scale;
+        let out = shift
+            .to_kind(x.kind())
+            .addcmul(&grouped, &scale.to_kind(x.kind()))
+            .reshape(size.as_slice());
+        tch::no_grad(|| {
+            // Each sub-batch moves the running statistics as its own batch_norm would (unbiased
+            // variance); the result is their mean, as in the grouped path.
+            let count = (n / splits * h * w) as f64;
+            let unbiased = &var * (count / (count - 1.0).max(1.0));
+            let batch_mean = mean.view([splits, c]).mean_dim(0, false, Kind::Float);
+            let batch_var = unbiased.view([splits, c]).mean_dim(0, false, Kind::Float);
+            let _ = self
+                .running_mean
+                .shallow_clone()
+                .lerp_(&batch_mean, BN_MOMENTUM);
+            let _ = self
+                .running_var
+                .shallow_clone()
+                .lerp_(&batch_var, BN_MOMENTUM);
         });
         out
     }

@@ -4,6 +4,7 @@
 //! Files are serialised in memory, written to a temporary name in the same directory, synced and
 //! renamed, so a crash never leaves a half-written checkpoint under the real name.
 use super::events::{CheckpointInfo, CheckpointKind};
+use super::optim::FlatSgd;
 use crate::config::RunConfig;
 use crate::moco::model::MocoModel;
 use anyhow::{bail, Context};
@@ -54,6 +55,7 @@ impl HostTensor {
             Kind::Int64 => Dtype::I64,
             Kind::BFloat16 => Dtype::BF16,
             Kind::Half => Dtype::F16,
+            Kind::Int => Dtype::I32,
             other => bail!("cannot store a tensor of kind {other:?}"),
         };
         let numel = t.numel();
@@ -127,6 +129,7 @@ pub fn read_safetensors(
             Dtype::I64 => Kind::Int64,
             Dtype::BF16 => Kind::BFloat16,
             Dtype::F16 => Kind::Half,
+            Dtype::I32 => Kind::Int,
             other => bail!(
                 "{}: tensor {name} has unsupported dtype {other:?}",
                 path.display()
@@ -140,11 +143,11 @@ pub fn read_safetensors(
 }
 
 /// Writes the full resumable state: both encoders with BN buffers, the queue and its stamps, the
-/// optimizer's momentum buffer, the counters and the config.
+/// optimizer's state (momentum buffer, and the loss scale in fp16), the counters and the config.
 pub fn save_full(
     path: &Path,
     model: &MocoModel,
-    optimizer_buffer: &Tensor,
+    optimizer: &FlatSgd,
     state: &TrainingState,
 ) -> anyhow::Result<CheckpointInfo> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -156,10 +159,7 @@ pub fn save_full(
     }
     tensors.push(("queue.keys".into(), model.queue.keys.shallow_clone()));
     tensors.push(("queue.stamps".into(), model.queue.stamps.shallow_clone()));
-    tensors.push((
-        "optimizer.momentum_buffer".into(),
-        optimizer_buffer.shallow_clone(),
-    ));
+    tensors.extend(optimizer.named_state());
     let metadata = HashMap::from([
         ("format".to_string(), FULL_FORMAT.to_string()),
         ("state".to_string(), serde_json::to_string(state)?),
@@ -199,8 +199,8 @@ pub fn load_full(path: &Path, device: Device) -> anyhow::Result<FullCheckpoint> 
 }
 
 impl FullCheckpoint {
-    /// Restores encoders, queue and returns the optimizer buffer.
-    pub fn restore(&self, model: &mut MocoModel) -> anyhow::Result<Tensor> {
+    /// Restores encoders and queue; the optimizer takes its state with `FlatSgd::load_state`.
+    pub fn restore(&self, model: &mut MocoModel) -> anyhow::Result<()> {
         model.query.store.load_named(&self.tensors, "encoder_q.")?;
         model.key.store.load_named(&self.tensors, "encoder_k.")?;
         let get = |name: &str| {
@@ -221,7 +221,7 @@ impl FullCheckpoint {
         model.queue.keys.copy_(&keys);
         model.queue.stamps.copy_(&get("queue.stamps")?);
         model.queue.ptr = self.state.queue_ptr;
-        get("optimizer.momentum_buffer")
+        Ok(())
     }
 }
 

@@ -29,8 +29,14 @@ pub mod metric {
     pub const IMAGES_PER_SEC: &str = "images_per_sec";
     /// Mean time per step the trainer waited for the loader, in milliseconds.
     pub const DATA_WAIT_MS: &str = "data_wait_ms";
+    /// CUDA only: memory the caching allocator holds on the device (what nvidia-smi shows for the
+    /// process, less the CUDA context), and the most held by live tensors, in MiB.
     pub const DEVICE_MEMORY_MB: &str = "device_memory_mb";
-    pub const ALL: [&str; 16] = [
+    pub const DEVICE_MEMORY_PEAK_MB: &str = "device_memory_peak_mb";
+    /// fp16 only: the loss scale (halved on every overflowing step, which is skipped).
+    pub const LOSS_SCALE: &str = "loss_scale";
+    /// In every record.
+    pub const ALL: [&str; 15] = [
         LOSS,
         LR,
         MOMENTUM,
@@ -46,8 +52,9 @@ pub mod metric {
         DRIFT,
         IMAGES_PER_SEC,
         DATA_WAIT_MS,
-        DEVICE_MEMORY_MB,
     ];
+    /// In the records of runs where they apply.
+    pub const OPTIONAL: [&str; 3] = [DEVICE_MEMORY_MB, DEVICE_MEMORY_PEAK_MB, LOSS_SCALE];
 }
 
 /// Metrics averaged over the steps since the previous record.

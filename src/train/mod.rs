@@ -3,6 +3,7 @@ pub mod checkpoint;
 pub mod events;
 pub mod knn;
 pub mod optim;
+pub mod scaler;
 pub mod schedule;
 pub mod stop;
 pub mod trainer;

@@ -6,9 +6,10 @@ use super::knn::weighted_knn_top1;
 use super::optim::FlatSgd;
 use super::schedule::Schedule;
 use super::stop::{StopFlag, StopRequest};
-use crate::config::{describe_errors, KnnFeatures, RunConfig};
+use crate::config::{describe_errors, KnnFeatures, Precision, RunConfig};
 use crate::data::{Augmenter, Dataset, DatasetSplits, Loader, LoaderOptions};
 use crate::moco::model::{scalar_zero, MocoModel};
+use crate::torch_ext::{self, AutocastGuard, ReducedPrecision};
 use anyhow::{anyhow, bail, Context};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -83,6 +84,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         // Every step has the same shapes: let cuDNN pick the fastest algorithms once.
         tch::Cuda::cudnn_set_benchmark(true);
     }
+    let precision = reduced_precision(cfg.precision, device)?;
     let mut model = MocoModel::seeded(cfg, device, cfg.seed);
     let mut optimizer = FlatSgd::new(
         &model.query.store,
@@ -90,6 +92,9 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         cfg.weight_decay,
         cfg.wd_exclude_bn_bias,
     );
+    if precision == Some(ReducedPrecision::Fp16) {
+        optimizer = optimizer.with_loss_scaling();
+    }
     let mut state = TrainingState {
         epoch: 0,
         batch_in_epoch: 0,
@@ -104,9 +109,8 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
     if let Some(path) = &req.resume_from {
         let ckpt = checkpoint::load_full(path, device)?;
         check_resumable(&ckpt.state.config, cfg)?;
-        let buffer = ckpt.restore(&mut model)?;
-        let _guard = tch::no_grad_guard();
-        optimizer.buffer.copy_(&buffer);
+        ckpt.restore(&mut model)?;
+        optimizer.load_state(&ckpt.tensors)?;
         state = TrainingState {
             config: cfg.clone(),
             ..ckpt.state
@@ -133,7 +137,31 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         train_images: train_len,
         parameters: model.query.store.num_parameters(),
     });
+    observer.on_event(TrainEvent::Log {
+        level: LogLevel::Info,
+        message: format!(
+            "computing in {}, {} activations",
+            match precision {
+                None => "fp32",
+                Some(ReducedPrecision::Bf16) => "bf16 autocast",
+                Some(ReducedPrecision::Fp16) => "fp16 autocast with loss scaling",
+            },
+            if cfg.memory_format.channels_last_on(device) {
+                "channels_last"
+            } else {
+                "contiguous"
+            }
+        ),
+    });
 
+    if precision == Some(ReducedPrecision::Fp16) && !device.is_cuda() {
+        observer.on_event(TrainEvent::Log {
+            level: LogLevel::Warn,
+            message: "precision fp16 on the CPU: most CPUs have no fp16 arithmetic, so it is \
+                      emulated and many times slower than fp32; use fp32 or bf16 there"
+                .into(),
+        });
+    }
     if cfg.queue_size as usize * 4 > train_len {
         observer.on_event(TrainEvent::Log {
             level: LogLevel::Warn,
@@ -189,9 +217,12 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
             let (x1, x2) = augmenter.two_views(&batch.images, &mut rng);
             let lr = schedule.lr(state.step);
             let m = schedule.momentum(state.step);
-            let out = model.forward_step(&x1, &x2, m, &mut rng);
+            let out = {
+                let _autocast = autocast(device, precision)?;
+                model.forward_step(&x1, &x2, m, &mut rng)
+            };
             model.query.store.zero_grad();
-            out.loss.backward();
+            optimizer.backward(&out.loss);
             optimizer.step(&model.query.store, lr);
             model.queue.enqueue(&out.keys, state.step + 1);
 
@@ -214,7 +245,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
 
             let epoch_end = state.batch_in_epoch == steps_per_epoch;
             if state.step % cfg.metrics_every == 0 || epoch_end {
-                let record = read_metrics(&model, &mut acc, &state, lr, m);
+                let record = read_metrics(&model, &optimizer, &mut acc, &state, lr, m);
                 let values = record.values.clone();
                 observer.on_event(TrainEvent::Metrics(record));
                 acc = Accumulator::new(device);
@@ -236,7 +267,10 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         let last_epoch = state.epoch == cfg.epochs;
 
         if cfg.knn_every > 0 && (state.epoch % cfg.knn_every == 0 || last_epoch) {
-            let top1 = knn_monitor(&model, &splits, &augmenter, cfg, device, threads)?;
+            let top1 = {
+                let _autocast = autocast(device, precision)?;
+                knn_monitor(&model, &splits, &augmenter, cfg, device, threads)?
+            };
             state.last_knn = Some(top1);
             state.best_knn = Some(state.best_knn.map_or(top1, |b| b.max(top1)));
             observer.on_event(TrainEvent::Evaluation {
@@ -254,7 +288,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
             let info = checkpoint::save_full(
                 &full_checkpoint_path(&req.run_dir, &state),
                 &model,
-                &optimizer.buffer,
+                &optimizer,
                 &state,
             )?;
             observer.on_event(TrainEvent::CheckpointSaved(info));
@@ -280,7 +314,7 @@ fn stop_run(
     let info = checkpoint::save_full(
         &full_checkpoint_path(&req.run_dir, state),
         model,
-        &optimizer.buffer,
+        optimizer,
         state,
     )?;
     observer.on_event(TrainEvent::CheckpointSaved(info));
@@ -356,6 +390,34 @@ fn check_resumable(saved: &RunConfig, now: &RunConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What autocast computes in for `precision` on `device` (None = plain fp32).
+pub fn reduced_precision(
+    precision: Precision,
+    device: Device,
+) -> anyhow::Result<Option<ReducedPrecision>> {
+    let bf16_native = device.is_cuda() && torch_ext::cuda_bf16_supported();
+    Ok(match precision {
+        Precision::Fp32 => None,
+        Precision::Auto if !device.is_cuda() => None,
+        Precision::Auto if bf16_native => Some(ReducedPrecision::Bf16),
+        Precision::Auto | Precision::Fp16 => Some(ReducedPrecision::Fp16),
+        Precision::Bf16 if device.is_cuda() && !bf16_native => bail!(
+            "precision: {} does not compute in bf16 natively (compute capability below 8.0); \
+             use fp16 or auto",
+            device_name(device)
+        ),
+        Precision::Bf16 => Some(ReducedPrecision::Bf16),
+    })
+}
+
+/// An autocast region for the forward passes, or nothing in fp32.
+fn autocast(
+    device: Device,
+    precision: Option<ReducedPrecision>,
+) -> anyhow::Result<Option<AutocastGuard>> {
+    precision.map(|p| AutocastGuard::new(device, p)).transpose()
+}
+
 fn device_name(device: Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
@@ -367,6 +429,7 @@ fn device_name(device: Device) -> String {
 /// Reads the accumulated statistics and the queue state in one transfer from the device.
 fn read_metrics(
     model: &MocoModel,
+    optimizer: &FlatSgd,
     acc: &mut Accumulator,
     state: &TrainingState,
     lr: f64,
@@ -374,23 +437,26 @@ fn read_metrics(
 ) -> MetricRecord {
     let q = model.queue.stats(state.step);
     let steps = acc.steps.max(1) as f64;
-    let stacked = Tensor::stack(
-        &[
-            &acc.loss / steps,
-            &acc.top1 / steps,
-            &acc.pos / steps,
-            &acc.neg / steps,
-            acc.neg_max.shallow_clone(),
-            q.fill,
-            q.age_mean,
-            q.age_max,
-            q.similarity,
-            model.drift(),
-        ]
-        .map(|t| t.to_kind(Kind::Double)),
-        0,
-    )
-    .to_device(Device::Cpu);
+    let mut device_values = vec![
+        &acc.loss / steps,
+        &acc.top1 / steps,
+        &acc.pos / steps,
+        &acc.neg / steps,
+        acc.neg_max.shallow_clone(),
+        q.fill,
+        q.age_mean,
+        q.age_max,
+        q.similarity,
+        model.drift(),
+    ];
+    if let Some(scaler) = &optimizer.scaler {
+        device_values.push(scaler.scale.shallow_clone());
+    }
+    let device_values: Vec<Tensor> = device_values
+        .iter()
+        .map(|t| t.to_kind(Kind::Double))
+        .collect();
+    let stacked = Tensor::stack(&device_values, 0).to_device(Device::Cpu);
     let v: Vec<f64> = Vec::try_from(&stacked).unwrap_or_default();
     let elapsed = acc.since.elapsed().as_secs_f64().max(1e-9);
     let mut values = BTreeMap::new();
@@ -405,6 +471,7 @@ fn read_metrics(
         metric::KEY_AGE_MAX,
         metric::QUEUE_SIMILARITY,
         metric::DRIFT,
+        metric::LOSS_SCALE,
     ];
     for (name, value) in names.iter().zip(v) {
         values.insert(name.to_string(), value);
@@ -413,6 +480,17 @@ fn read_metrics(
     values.insert(metric::MOMENTUM.into(), m);
     values.insert(metric::QUEUE_PTR.into(), model.queue.ptr as f64);
     values.insert(metric::IMAGES_PER_SEC.into(), acc.images as f64 / elapsed);
+    if let Some(memory) = torch_ext::device_memory(model.queue.keys.device()) {
+        const MIB: f64 = 1024.0 * 1024.0;
+        values.insert(
+            metric::DEVICE_MEMORY_MB.into(),
+            memory.reserved as f64 / MIB,
+        );
+        values.insert(
+            metric::DEVICE_MEMORY_PEAK_MB.into(),
+            memory.peak_allocated as f64 / MIB,
+        );
+    }
     values.insert(
         metric::DATA_WAIT_MS.into(),
         acc.data_wait.as_secs_f64() * 1000.0 / steps,
@@ -595,6 +673,6 @@ pub fn export_from_checkpoint(
 ) -> anyhow::Result<super::events::CheckpointInfo> {
     let ckpt = checkpoint::load_full(checkpoint_path, Device::Cpu)?;
     let mut model = MocoModel::new(&ckpt.state.config, Device::Cpu);
-    let _optimizer_buffer = ckpt.restore(&mut model)?;
+    ckpt.restore(&mut model)?;
     checkpoint::export_encoder(out, &model, &encoder_metadata(&ckpt.state))
 }

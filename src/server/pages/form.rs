@@ -274,6 +274,24 @@ pub const SECTIONS: &[Section] = &[
         ],
     },
     Section {
+        title: "Speed",
+        fields: &[
+            spec(
+                "precision",
+                "Precision",
+                Kind::Choice(&["auto", "fp32", "bf16", "fp16"]),
+                "auto = bf16 autocast on a GPU that has it (fp16 with loss scaling on older ones), \
+                 fp32 on the CPU.",
+            ),
+            spec(
+                "memory_format",
+                "Memory format",
+                Kind::Choice(&["auto", "channels_last", "contiguous"]),
+                "auto = channels_last on a GPU, contiguous on the CPU.",
+            ),
+        ],
+    },
+    Section {
         title: "Monitoring and checkpoints",
         fields: &[
             spec("seed", "Seed", Kind::UInt, ""),

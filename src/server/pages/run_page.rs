@@ -12,7 +12,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-pub struct QueueStat {
+/// One latest-value tile (the page's script keeps it current).
+pub struct MetricStat {
     label: &'static str,
     metric: &'static str,
     value: String,
@@ -48,7 +49,9 @@ struct RunPage {
     flash: String,
     flash_bad: bool,
     last_event_id: i64,
-    queue_stats: Vec<QueueStat>,
+    queue_stats: Vec<MetricStat>,
+    /// Memory and loss scale; empty for CPU runs, which have neither.
+    device_stats: Vec<MetricStat>,
     augmentation: String,
     image_size: i64,
     checkpoints: Vec<CheckpointView>,
@@ -73,7 +76,16 @@ const QUEUE_METRICS: [(&str, &str); 6] = [
     ("Encoder drift", metric::DRIFT),
 ];
 
-fn queue_value(name: &str, v: Option<f64>) -> String {
+const DEVICE_METRICS: [(&str, &str); 3] = [
+    ("Device memory reserved", metric::DEVICE_MEMORY_MB),
+    (
+        "Device memory peak (tensors)",
+        metric::DEVICE_MEMORY_PEAK_MB,
+    ),
+    ("Loss scale (fp16)", metric::LOSS_SCALE),
+];
+
+fn metric_value(name: &str, v: Option<f64>) -> String {
     let Some(v) = v else {
         return "—".into();
     };
@@ -81,6 +93,10 @@ fn queue_value(name: &str, v: Option<f64>) -> String {
         metric::QUEUE_FILL => format!("{:.1} %", v * 100.0),
         metric::QUEUE_PTR | metric::KEY_AGE_MAX => format!("{}", v.round() as i64),
         metric::KEY_AGE_MEAN => format!("{v:.1}"),
+        metric::DEVICE_MEMORY_MB | metric::DEVICE_MEMORY_PEAK_MB => {
+            format!("{} MiB", v.round() as i64)
+        }
+        metric::LOSS_SCALE => format!("{}", v.round() as i64),
         _ => format::num(v, 4),
     }
 }
@@ -122,16 +138,28 @@ async fn render_page(
     let (run, config) = backend::get_run(state, id)
         .await?
         .ok_or_else(|| PageError::not_found(format!("There is no run {id}.")))?;
-    let names: Vec<&str> = QUEUE_METRICS.iter().map(|(_, m)| *m).collect();
-    let latest = backend::latest_metrics(state, id, &names).await?;
-    let queue_stats = QUEUE_METRICS
+    let names: Vec<&str> = QUEUE_METRICS
         .iter()
-        .map(|&(label, name)| QueueStat {
-            label,
-            metric: name,
-            value: queue_value(name, latest.get(name).copied()),
-        })
+        .chain(&DEVICE_METRICS)
+        .map(|(_, m)| *m)
         .collect();
+    let latest = backend::latest_metrics(state, id, &names).await?;
+    let stats = |table: &[(&'static str, &'static str)]| -> Vec<MetricStat> {
+        table
+            .iter()
+            .map(|&(label, name)| MetricStat {
+                label,
+                metric: name,
+                value: metric_value(name, latest.get(name).copied()),
+            })
+            .collect()
+    };
+    let queue_stats = stats(&QUEUE_METRICS);
+    let device_stats = if run.device == "cpu" {
+        Vec::new()
+    } else {
+        stats(&DEVICE_METRICS)
+    };
     let checkpoints = backend::checkpoints(state, id)
         .await?
         .into_iter()
@@ -182,6 +210,7 @@ async fn render_page(
         flash_bad,
         last_event_id,
         queue_stats,
+        device_stats,
         augmentation,
         image_size: config
             .get("image_size")
@@ -262,9 +291,9 @@ mod tests {
 
     #[test]
     fn queue_values_read_as_the_panel_shows_them() {
-        assert_eq!(queue_value(metric::QUEUE_FILL, Some(0.5)), "50.0 %");
-        assert_eq!(queue_value(metric::QUEUE_PTR, Some(256.0)), "256");
-        assert_eq!(queue_value(metric::DRIFT, Some(0.0123456)), "0.01235");
-        assert_eq!(queue_value(metric::DRIFT, None), "—");
+        assert_eq!(metric_value(metric::QUEUE_FILL, Some(0.5)), "50.0 %");
+        assert_eq!(metric_value(metric::QUEUE_PTR, Some(256.0)), "256");
+        assert_eq!(metric_value(metric::DRIFT, Some(0.0123456)), "0.01235");
+        assert_eq!(metric_value(metric::DRIFT, None), "—");
     }
 }
