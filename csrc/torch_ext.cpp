@@ -103,6 +103,12 @@ char* moco_ext_fused_sgd(at::Tensor* param, at::Tensor* grad, at::Tensor* buf, d
   });
 }
 
+// Makes `grad` (same shape, kind and device) the gradient of `param`: backward then accumulates
+// into it in place, so a view of one flat buffer receives the parameter's gradient directly.
+char* moco_ext_set_grad(at::Tensor* param, const at::Tensor* grad) {
+  return guarded([&] { param->mutable_grad() = *grad; });
+}
+
 // Whether the current CUDA device computes in bf16 natively (compute capability 8.0 or newer),
 // the test torch.cuda.is_bf16_supported() makes.
 char* moco_ext_cuda_bf16_supported(int* out) {

@@ -1,7 +1,7 @@
 //! `moco-server train` and `moco-server export`: the engine headless, with a progress bar or
 //! JSON lines, Ctrl-C saving a checkpoint.
 use crate::config::{describe_errors, DeviceChoice, Preset, RunConfig};
-use crate::train::events::{LogLevel, Observer, RunOutcome, TrainEvent};
+use crate::train::events::{metric, LogLevel, Observer, RunOutcome, TrainEvent};
 use crate::train::stop::StopFlag;
 use crate::train::{run_training, TrainRequest};
 use anyhow::{anyhow, bail, Context};
@@ -274,8 +274,13 @@ impl Observer for ProgressObserver {
                     m.step.saturating_sub(1) / self.steps_per_epoch + 1
                 ));
                 self.bar.set_position(m.step as u64);
+                let memory = m
+                    .values
+                    .get(metric::DEVICE_MEMORY_MB)
+                    .map(|mib| format!(" {:.1} GiB", mib / 1024.0))
+                    .unwrap_or_default();
                 self.bar.set_message(format!(
-                    "loss {:.4} top1 {:.2} {:.0} img/s",
+                    "loss {:.4} top1 {:.2} {:.0} img/s{memory}",
                     v("loss"),
                     v("top1"),
                     v("images_per_sec")

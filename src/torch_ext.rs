@@ -29,6 +29,7 @@ extern "C" {
         lr: f64,
         found_inf: *const c_void,
     ) -> *mut c_char;
+    fn moco_ext_set_grad(param: *const c_void, grad: *const c_void) -> *mut c_char;
     fn moco_ext_cuda_bf16_supported(out: *mut c_int) -> *mut c_char;
     fn moco_ext_cuda_memory(
         device: c_int,
@@ -157,6 +158,14 @@ pub fn fused_sgd_step(
     // SAFETY: live tensors of one shape and device; libtorch checks them.
     check(unsafe { moco_ext_fused_sgd(raw(param), raw(grad), raw(buf), momentum, lr, inf) })
         .expect("SGD step on matching tensors");
+}
+
+/// Makes `grad` the gradient tensor of `param` (`param.grad = grad`): backward accumulates into it
+/// in place, so it may be a view into a larger buffer.
+pub fn set_grad(param: &Tensor, grad: &Tensor) {
+    // SAFETY: live tensors; libtorch checks shape, kind and device and reports a mismatch.
+    check(unsafe { moco_ext_set_grad(raw(param), raw(grad)) })
+        .expect("a gradient of the parameter's shape, kind and device");
 }
 
 /// Whether CUDA device 0 computes natively in bf16 (compute capability 8.0 or newer); false

@@ -248,3 +248,32 @@ fn encoder_has_torchvision_names_and_shapes() {
     assert_eq!(bn_w.min().double_value(&[]), 1.0);
     assert_eq!(bn_w.max().double_value(&[]), 1.0);
 }
+
+#[test]
+fn attached_flat_gradients_receive_backward_in_place() {
+    let mut store = ParamStore::new(Device::Cpu);
+    let w = store.param(
+        "w".into(),
+        Tensor::from_slice(&[1.0f32, -2.0, 3.0, 0.5]).view([2, 2]),
+        false,
+    );
+    let unused = store.param("unused".into(), Tensor::from_slice(&[7.0f32]), true);
+    let b = store.param("b".into(), Tensor::from_slice(&[0.5f32]), true);
+    store.flatten();
+    store.attach_flat_grad();
+    let buffer = store.flat_grad();
+    for round in 1..=2 {
+        store.zero_grad();
+        // loss = Σw² + 3b → grad w = 2w, grad b = 3; `unused` gets none.
+        let loss = w.square().sum(Kind::Float) + (&b * 3.0).sum(Kind::Float);
+        loss.backward();
+        let grad: Vec<f32> = Vec::try_from(&store.flat_grad()).unwrap();
+        assert_eq!(grad, vec![2.0, -4.0, 6.0, 1.0, 0.0, 3.0], "round {round}");
+    }
+    // The parameters' gradients are views of the one buffer, not copies.
+    assert_eq!(w.grad().data_ptr(), buffer.data_ptr());
+    assert_eq!(Vec::<f32>::try_from(&buffer).unwrap()[5], 3.0);
+    store.zero_grad();
+    assert_eq!(f64::try_from(buffer.abs().sum(Kind::Float)).unwrap(), 0.0);
+    assert_eq!(f64::try_from(unused.grad().sum(Kind::Float)).unwrap(), 0.0);
+}

@@ -74,7 +74,8 @@ impl MocoModel {
     /// Builds f_q from the global torch generator (seed it first), copies it into f_k and fills
     /// the queue with random unit vectors.
     pub fn new(cfg: &RunConfig, device: Device) -> Self {
-        let query = Encoder::new(cfg, device);
+        let mut query = Encoder::new(cfg, device);
+        query.store.attach_flat_grad();
         let mut key = Encoder::new(cfg, device);
         key.store.copy_from(&query.store);
         for p in &mut key.store.params {

@@ -2,7 +2,9 @@
 //!
 //! Every trainable tensor is a view into a single contiguous tensor, so the momentum update
 //! θk ← m·θk + (1−m)·θq is one `lerp_` over the whole network and the optimizer step a handful of
-//! kernels, whatever the number of layers — no per-tensor loop, no host round trip.
+//! kernels, whatever the number of layers — no per-tensor loop, no host round trip. The trained
+//! encoder's gradients can live the same way (`attach_flat_grad`): backward accumulates into views
+//! of one buffer, zeroing them is one kernel and the optimizer reads the buffer without a copy.
 use tch::{Device, Kind, Tensor};
 
 /// One trainable tensor and where it lives in the flat buffer.
@@ -22,6 +24,8 @@ pub struct ParamStore {
     /// Non-trainable state (BatchNorm running statistics, `num_batches_tracked`).
     pub buffers: Vec<(String, Tensor)>,
     flat: Option<Tensor>,
+    /// Gradient buffer in the flat layout, when attached.
+    flat_grad: Option<Tensor>,
     device: Device,
 }
 
@@ -31,6 +35,7 @@ impl ParamStore {
             params: Vec::new(),
             buffers: Vec::new(),
             flat: None,
+            flat_grad: None,
             device,
         }
     }
@@ -88,6 +93,18 @@ impl ParamStore {
         self.flat = Some(flat);
     }
 
+    /// Gives every parameter a gradient that is a view into one zeroed buffer in the flat layout.
+    pub fn attach_flat_grad(&mut self) {
+        let grad = self.flat().zeros_like();
+        for p in &self.params {
+            let view = grad
+                .narrow(0, p.offset, p.numel)
+                .view(p.tensor.size().as_slice());
+            crate::torch_ext::set_grad(&p.tensor, &view);
+        }
+        self.flat_grad = Some(grad);
+    }
+
     /// All parameters as one tensor (shares storage with the parameters).
     pub fn flat(&self) -> &Tensor {
         self.flat.as_ref().expect("ParamStore::flatten was called")
@@ -97,9 +114,12 @@ impl ParamStore {
         self.params.iter().map(|p| p.numel).sum()
     }
 
-    /// The gradients of all parameters, concatenated in the flat layout (zeros where a parameter
-    /// received none).
+    /// The gradients of all parameters in the flat layout (zeros where a parameter received
+    /// none): the attached buffer itself, or else a concatenation.
     pub fn flat_grad(&self) -> Tensor {
+        if let Some(grad) = &self.flat_grad {
+            return grad.shallow_clone();
+        }
         let grads: Vec<Tensor> = self
             .params
             .iter()
@@ -116,6 +136,10 @@ impl ParamStore {
     }
 
     pub fn zero_grad(&mut self) {
+        if let Some(grad) = &self.flat_grad {
+            let _ = grad.shallow_clone().zero_();
+            return;
+        }
         for p in &mut self.params {
             p.tensor.zero_grad();
         }
