@@ -3,7 +3,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 DATA_DIR ?= ./moco-data
 
-.PHONY: run test setup setup-browser build bench lint fmt doctor
+.PHONY: run test setup setup-browser build bench gpu-bin lint fmt doctor
 
 run: setup
 	cargo build --release
@@ -28,6 +28,11 @@ doctor: build
 
 bench: setup
 	cargo bench --bench step --bench augment --bench server
+
+# The CUDA checks and the step bench as stripped binaries for a GPU machine without a toolchain:
+# there, `scripts/gpu-check.sh gpu-bin` runs them against that machine's torch 2.11.0.
+gpu-bin: setup
+	scripts/build-gpu-bin.sh
 
 lint: setup
 	cargo fmt --check
