@@ -11,6 +11,7 @@
 #include <ATen/ops/_amp_foreach_non_finite_check_and_unscale.h>
 #include <ATen/ops/_fused_sgd.h>
 #include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/DeviceGuard.h>
 #include <kineto/ActivityType.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
@@ -109,14 +110,17 @@ char* moco_ext_set_grad(at::Tensor* param, const at::Tensor* grad) {
   return guarded([&] { param->mutable_grad() = *grad; });
 }
 
-// Whether the current CUDA device computes in bf16 natively (compute capability 8.0 or newer),
-// the test torch.cuda.is_bf16_supported() makes.
-char* moco_ext_cuda_bf16_supported(int* out) {
+// Whether CUDA device `device` computes in bf16 natively (compute capability 8.0 or newer), the
+// test torch.cuda.is_bf16_supported() makes. The hook asks the current device, hence the guard.
+char* moco_ext_cuda_bf16_supported(int device, int* out) {
   return guarded([&] {
-    *out = at::detail::getCUDAHooks().hasCUDA() &&
-                   at::detail::getCUDAHooks().supportsBFloat16ConvolutionWithCuDNNv8()
-               ? 1
-               : 0;
+    const auto& hooks = at::detail::getCUDAHooks();
+    if (!hooks.hasCUDA()) {
+      *out = 0;
+      return;
+    }
+    c10::DeviceGuard guard(c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(device)));
+    *out = hooks.supportsBFloat16ConvolutionWithCuDNNv8() ? 1 : 0;
   });
 }
 

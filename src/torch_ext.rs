@@ -30,7 +30,7 @@ extern "C" {
         found_inf: *const c_void,
     ) -> *mut c_char;
     fn moco_ext_set_grad(param: *const c_void, grad: *const c_void) -> *mut c_char;
-    fn moco_ext_cuda_bf16_supported(out: *mut c_int) -> *mut c_char;
+    fn moco_ext_cuda_bf16_supported(device: c_int, out: *mut c_int) -> *mut c_char;
     fn moco_ext_cuda_memory(
         device: c_int,
         allocated: *mut i64,
@@ -168,15 +168,18 @@ pub fn set_grad(param: &Tensor, grad: &Tensor) {
         .expect("a gradient of the parameter's shape, kind and device");
 }
 
-/// Whether CUDA device 0 computes natively in bf16 (compute capability 8.0 or newer); false
-/// without CUDA.
-pub fn cuda_bf16_supported() -> bool {
+/// Whether `device` computes natively in bf16 (a CUDA device of compute capability 8.0 or
+/// newer); false for the CPU.
+pub fn cuda_bf16_supported(device: Device) -> bool {
+    let Device::Cuda(index) = device else {
+        return false;
+    };
     if !tch::Cuda::is_available() {
         return false;
     }
     let mut out = 0;
-    // SAFETY: out-pointer to a local.
-    check(unsafe { moco_ext_cuda_bf16_supported(&mut out) }).is_ok() && out != 0
+    // SAFETY: plain value and an out-pointer to a local.
+    check(unsafe { moco_ext_cuda_bf16_supported(index as c_int, &mut out) }).is_ok() && out != 0
 }
 
 /// What the CUDA caching allocator holds on one device, in bytes.

@@ -111,7 +111,7 @@ fn auto_on_cuda_is_bf16_channels_last_with_memory_metrics(device: Device) {
         matches!(outcome, RunOutcome::Completed { .. }),
         "{outcome:?}"
     );
-    let expected = if moco_server::torch_ext::cuda_bf16_supported() {
+    let expected = if moco_server::torch_ext::cuda_bf16_supported(device) {
         "computing in bf16 autocast, channels_last activations"
     } else {
         "computing in fp16 autocast with loss scaling, channels_last activations"

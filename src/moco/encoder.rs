@@ -59,14 +59,18 @@ impl Block {
         for (i, (conv, bn)) in self.convs.iter().zip(&self.bns).enumerate() {
             out = bn.forward(&conv.forward(&out), train, splits);
             if i != last {
-                out = out.relu();
+                // In place, as torchvision's ReLU(inplace=True): BatchNorm's backward needs its
+                // input, not its output, so this saves one activation per layer.
+                let _ = out.relu_();
             }
         }
         let identity = match &self.downsample {
             Some(d) => d.bn.forward(&d.conv.forward(x), train, splits),
             None => x.shallow_clone(),
         };
-        (out + identity).relu()
+        let mut out = out + identity;
+        let _ = out.relu_();
+        out
     }
 }
 
@@ -174,10 +178,8 @@ impl ResNet {
         } else {
             x.shallow_clone()
         };
-        let mut out = self
-            .bn1
-            .forward(&self.conv1.forward(&x), train, splits)
-            .relu();
+        let mut out = self.bn1.forward(&self.conv1.forward(&x), train, splits);
+        let _ = out.relu_();
         if self.stem == Stem::Imagenet {
             out = out.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }

@@ -395,7 +395,7 @@ pub fn reduced_precision(
     precision: Precision,
     device: Device,
 ) -> anyhow::Result<Option<ReducedPrecision>> {
-    let bf16_native = device.is_cuda() && torch_ext::cuda_bf16_supported();
+    let bf16_native = torch_ext::cuda_bf16_supported(device);
     Ok(match precision {
         Precision::Fp32 => None,
         Precision::Auto if !device.is_cuda() => None,
