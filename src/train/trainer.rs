@@ -267,10 +267,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         let last_epoch = state.epoch == cfg.epochs;
 
         if cfg.knn_every > 0 && (state.epoch % cfg.knn_every == 0 || last_epoch) {
-            let top1 = {
-                let _autocast = autocast(device, precision)?;
-                knn_monitor(&model, &splits, &augmenter, cfg, device, threads)?
-            };
+            let top1 = knn_monitor(&model, &splits, &augmenter, cfg, device, threads, precision)?;
             state.last_knn = Some(top1);
             state.best_knn = Some(state.best_knn.map_or(top1, |b| b.max(top1)));
             observer.on_event(TrainEvent::Evaluation {
@@ -563,58 +560,67 @@ impl FailureWatch {
     }
 }
 
-/// Features of a whole split under the eval transform, with their labels (unlabeled images
-/// dropped), at most `limit` images (0 = all).
-fn split_features(
-    model: &MocoModel,
-    dataset: &Arc<dyn Dataset>,
-    augmenter: &Augmenter,
+/// Computes the kNN monitor's features with the run's encoder, transform and arithmetic.
+struct FeatureExtractor<'a> {
+    model: &'a MocoModel,
+    augmenter: &'a Augmenter,
     from_head: bool,
     device: Device,
     threads: usize,
-    limit: usize,
-) -> anyhow::Result<(Tensor, Tensor)> {
-    let loader = Loader::new(
-        dataset.clone(),
-        LoaderOptions {
-            batch_size: 256,
-            shuffle: false,
-            drop_last: false,
-            seed: 0,
-            epoch: 0,
-            start_batch: 0,
-            prefetch: 2,
-            threads,
-            device,
-        },
-    );
-    let mut features = Vec::new();
-    let mut labels = Vec::new();
-    let mut seen = 0;
-    for batch in loader {
-        let batch = batch?;
-        let x = augmenter.eval_view(&batch.images);
-        features.push(model.features(&x, from_head));
-        labels.push(batch.labels);
-        seen += batch.indices.len();
-        if limit > 0 && seen >= limit {
-            break;
+    /// The encoder runs under the training's autocast; the kNN itself stays fp32.
+    precision: Option<ReducedPrecision>,
+}
+
+impl FeatureExtractor<'_> {
+    /// Features of a whole split under the eval transform, with their labels (unlabeled images
+    /// dropped), at most `limit` images (0 = all).
+    fn split(&self, dataset: &Arc<dyn Dataset>, limit: usize) -> anyhow::Result<(Tensor, Tensor)> {
+        let loader = Loader::new(
+            dataset.clone(),
+            LoaderOptions {
+                batch_size: 256,
+                shuffle: false,
+                drop_last: false,
+                seed: 0,
+                epoch: 0,
+                start_batch: 0,
+                prefetch: 2,
+                threads: self.threads,
+                device: self.device,
+            },
+        );
+        let mut features = Vec::new();
+        let mut labels = Vec::new();
+        let mut seen = 0;
+        for batch in loader {
+            let batch = batch?;
+            let x = self.augmenter.eval_view(&batch.images);
+            let f = {
+                let _autocast = autocast(self.device, self.precision)?;
+                self.model.features(&x, self.from_head)
+            };
+            features.push(f.to_kind(Kind::Float));
+            labels.push(batch.labels);
+            seen += batch.indices.len();
+            if limit > 0 && seen >= limit {
+                break;
+            }
         }
+        if features.is_empty() {
+            bail!("the split has no images");
+        }
+        let mut features = Tensor::cat(&features, 0);
+        let mut labels = Tensor::cat(&labels, 0);
+        if limit > 0 && (labels.size()[0] as usize) > limit {
+            features = features.narrow(0, 0, limit as i64);
+            labels = labels.narrow(0, 0, limit as i64);
+        }
+        let keep = labels.ge(0).nonzero().squeeze_dim(1);
+        Ok((
+            features.index_select(0, &keep),
+            labels.index_select(0, &keep),
+        ))
     }
-    if features.is_empty() {
-        bail!("the split has no images");
-    }
-    let mut features = Tensor::cat(&features, 0);
-    let mut labels = Tensor::cat(&labels, 0);
-    if limit > 0 && (labels.size()[0] as usize) > limit {
-        features = features.narrow(0, 0, limit as i64);
-        labels = labels.narrow(0, 0, limit as i64);
-    }
-    let keep = labels.ge(0).nonzero().squeeze_dim(1);
-    Ok((
-        features.index_select(0, &keep),
-        labels.index_select(0, &keep),
-    ))
 }
 
 /// Weighted kNN top-1 of the query encoder: bank = training split, queries = held-out split.
@@ -625,26 +631,18 @@ fn knn_monitor(
     cfg: &RunConfig,
     device: Device,
     threads: usize,
+    precision: Option<ReducedPrecision>,
 ) -> anyhow::Result<f64> {
-    let from_head = cfg.knn_features == KnnFeatures::Head;
-    let (bank, bank_labels) = split_features(
+    let extractor = FeatureExtractor {
         model,
-        &splits.train,
         augmenter,
-        from_head,
+        from_head: cfg.knn_features == KnnFeatures::Head,
         device,
         threads,
-        cfg.knn_bank_limit,
-    )?;
-    let (queries, query_labels) = split_features(
-        model,
-        &splits.test,
-        augmenter,
-        from_head,
-        device,
-        threads,
-        0,
-    )?;
+        precision,
+    };
+    let (bank, bank_labels) = extractor.split(&splits.train, cfg.knn_bank_limit)?;
+    let (queries, query_labels) = extractor.split(&splits.test, 0)?;
     let classes = splits.train.class_names().len().max(1) as i64;
     Ok(weighted_knn_top1(
         &bank,
@@ -663,7 +661,7 @@ pub fn random_init_knn(cfg: &RunConfig, data_dir: &Path, device: Device) -> anyh
     let splits = crate::data::open_splits(&cfg.dataset, data_dir)?;
     let model = MocoModel::seeded(cfg, device, cfg.seed);
     let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, splits.mean, splits.std);
-    knn_monitor(&model, &splits, &augmenter, cfg, device, 2)
+    knn_monitor(&model, &splits, &augmenter, cfg, device, 2, None)
 }
 
 /// Turns a full checkpoint into an encoder export at `out` (`moco-server export`).
