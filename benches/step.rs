@@ -120,15 +120,22 @@ fn engine_step_timing(
         times.push(start.elapsed().as_secs_f64() * 1000.0 / steps as f64);
     }
     let ms_per_step = times.iter().copied().fold(f64::INFINITY, f64::min);
-    let device_busy_ms = device.is_cuda().then(|| {
-        let profile = DeviceProfile::start(device).expect("profiler starts");
-        for i in 0..PROFILED_STEPS {
-            step(warmup + (steps + i) as i64);
-        }
-        sync(device);
-        let activity = profile.finish().expect("profiler stops");
-        activity.busy_ns as f64 / 1e6 / PROFILED_STEPS as f64
-    });
+    // Without CUPTI (or with another profiler active) the busy time is reported as n/a.
+    let device_busy_ms = if device.is_cuda() {
+        DeviceProfile::start(device)
+            .map_err(|e| eprintln!("device profiling unavailable: {e}"))
+            .ok()
+            .and_then(|profile| {
+                for i in 0..PROFILED_STEPS {
+                    step(warmup + (steps + i) as i64);
+                }
+                sync(device);
+                profile.finish().ok()
+            })
+            .map(|activity| activity.busy_ns as f64 / 1e6 / PROFILED_STEPS as f64)
+    } else {
+        None
+    };
     Timing {
         ms_per_step,
         device_busy_ms,
@@ -268,9 +275,13 @@ fn cpu_table() {
 
 /// Share of the step during which the device ran nothing.
 fn idle_share(t: &Timing) -> String {
-    t.device_busy_ms.map_or("n/a".into(), |busy| {
-        format!("{:.0}%", (1.0 - busy / t.ms_per_step).max(0.0) * 100.0)
-    })
+    match t.device_busy_ms {
+        // No kernel recorded at all means the profiler saw nothing (no CUPTI), not an idle GPU.
+        Some(busy) if busy > 0.0 => {
+            format!("{:.0}%", (1.0 - busy / t.ms_per_step).max(0.0) * 100.0)
+        }
+        _ => "n/a".into(),
+    }
 }
 
 fn cuda_table(device: Device) {

@@ -18,7 +18,7 @@ const PALETTE: [&str; 8] = [
 ];
 
 /// Metrics that can be overlaid: (name, label, per epoch, smoothed).
-const METRICS: [(&str, &str, bool, bool); 13] = [
+const METRICS: [(&str, &str, bool, bool); 15] = [
     (metric::LOSS, "Loss", false, true),
     ("knn_top1", "kNN top-1 % (per epoch)", true, false),
     (metric::TOP1, "Contrastive top-1", false, true),
@@ -32,6 +32,13 @@ const METRICS: [(&str, &str, bool, bool); 13] = [
     (metric::QUEUE_FILL, "Queue fill", false, false),
     (metric::IMAGES_PER_SEC, "Images/s", false, true),
     (metric::DATA_WAIT_MS, "Data wait (ms)", false, true),
+    (
+        metric::DEVICE_MEMORY_MB,
+        "Device memory (MiB, GPU)",
+        false,
+        false,
+    ),
+    (metric::LOSS_SCALE, "Loss scale (fp16)", false, false),
 ];
 const DEFAULT_METRICS: [&str; 3] = [metric::LOSS, "knn_top1", metric::TOP1];
 
