@@ -907,6 +907,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_config_stored_before_precision_existed_still_loads() {
+        let mut stored = serde_json::to_value(RunConfig::preset(Preset::V2)).unwrap();
+        let object = stored.as_object_mut().unwrap();
+        object.remove("precision");
+        object.remove("memory_format");
+        let cfg: RunConfig = serde_json::from_value(stored).unwrap();
+        assert_eq!(cfg.precision, Precision::Auto);
+        assert_eq!(cfg.memory_format, MemoryFormat::Auto);
+        assert_eq!(cfg.head, HeadKind::Mlp);
+    }
+
+    #[test]
     fn presets_are_valid() {
         for p in Preset::ALL {
             RunConfig::preset(p).validate().unwrap();
