@@ -97,16 +97,13 @@ fn headless(config: &Value, data_dir: &std::path::Path) -> f64 {
     steady_mean(&ips)
 }
 
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn wait_finished(client: &reqwest::Client, base: &str, id: i64) -> Value {
     loop {
-        let run: Value = client
-            .get(format!("{base}/api/runs/{id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = get_json(client, format!("{base}/api/runs/{id}")).await;
         let state = run["run"]["state"].as_str().unwrap().to_string();
         if !matches!(state.as_str(), "queued" | "running") {
             assert_eq!(state, "completed", "{run}");
@@ -167,16 +164,11 @@ async fn through_server(client: &reqwest::Client, base: &str, config: &Value) ->
             .and_then(|r| r.ok())
             .unwrap_or(0);
     }
-    let m: Value = client
-        .get(format!(
-            "{base}/api/runs/{id}/metrics?names=images_per_sec&max_points=100000"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let m = get_json(
+        client,
+        format!("{base}/api/runs/{id}/metrics?names=images_per_sec&max_points=100000"),
+    )
+    .await;
     let ips: Vec<f64> = m["series"]["images_per_sec"]
         .as_array()
         .unwrap()
@@ -284,14 +276,7 @@ fn main() {
         let id = create(&client, &base, &long).await;
         // Let it train and record some metrics first.
         loop {
-            let run: Value = client
-                .get(format!("{base}/api/runs/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let run = get_json(&client, format!("{base}/api/runs/{id}")).await;
             if run["run"]["step"].as_i64().unwrap() >= 5 {
                 break;
             }

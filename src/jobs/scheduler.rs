@@ -191,26 +191,17 @@ impl Scheduler {
     /// Runs left 'running' by a process that died become 'interrupted'.
     async fn recover(&self) -> anyhow::Result<()> {
         let inner = &self.inner;
-        {
-            let _guard = inner.hub.lock().await;
-            let mut tx = inner.pool.begin().await?;
-            let reason = "the server stopped while the run was training; resume it to continue \
-                          from its last checkpoint";
-            let ids = db::runs::interrupt_stale(&mut tx, reason).await?;
-            let mut events = Vec::new();
-            for id in &ids {
-                let step = step_of(&mut tx, *id).await?;
-                let data = state_data(RunState::Interrupted, Some(reason), step);
-                events.push(db::events::insert(&mut tx, *id, "state", &data).await?);
-            }
-            tx.commit().await?;
-            inner.hub.broadcast(events);
-            if !ids.is_empty() {
-                tracing::warn!(
-                    ?ids,
-                    "runs left running by a previous process are now interrupted"
-                );
-            }
+        let ids = interrupt_runs_left_running(
+            inner,
+            "the server stopped while the run was training; resume it to continue from its last \
+             checkpoint",
+        )
+        .await?;
+        if !ids.is_empty() {
+            tracing::warn!(
+                ?ids,
+                "runs left running by a previous process are now interrupted"
+            );
         }
         if inner.options.auto_resume {
             for id in db::runs::ids_in_state(&inner.pool, RunState::Interrupted).await? {
@@ -618,27 +609,33 @@ impl Scheduler {
             task.abort();
         }
         // Whatever is still marked running did not get to store its end.
-        let leftover: anyhow::Result<()> = async {
-            let _guard = self.inner.hub.lock().await;
-            let mut tx = self.inner.pool.begin().await?;
-            let reason = "the server stopped before the run could save its state; resume it to \
-                          continue from its last checkpoint";
-            let ids = db::runs::interrupt_stale(&mut tx, reason).await?;
-            let mut events = Vec::new();
-            for id in ids {
-                let step = step_of(&mut tx, id).await?;
-                let data = state_data(RunState::Interrupted, Some(reason), step);
-                events.push(db::events::insert(&mut tx, id, "state", &data).await?);
-            }
-            tx.commit().await?;
-            self.inner.hub.broadcast(events);
-            Ok(())
-        }
+        let leftover = interrupt_runs_left_running(
+            &self.inner,
+            "the server stopped before the run could save its state; resume it to continue from \
+             its last checkpoint",
+        )
         .await;
         if let Err(e) = leftover {
             tracing::error!("cannot mark runs interrupted at shutdown: {e:#}");
         }
     }
+}
+
+/// Marks every run still 'running' in the database as interrupted with `reason`, stores and
+/// broadcasts their state events; returns their ids.
+async fn interrupt_runs_left_running(inner: &Inner, reason: &str) -> anyhow::Result<Vec<i64>> {
+    let _guard = inner.hub.lock().await;
+    let mut tx = inner.pool.begin().await?;
+    let ids = db::runs::interrupt_stale(&mut tx, reason).await?;
+    let mut events = Vec::new();
+    for &id in &ids {
+        let step = step_of(&mut tx, id).await?;
+        let data = state_data(RunState::Interrupted, Some(reason), step);
+        events.push(db::events::insert(&mut tx, id, "state", &data).await?);
+    }
+    tx.commit().await?;
+    inner.hub.broadcast(events);
+    Ok(ids)
 }
 
 async fn step_of(conn: &mut sqlx::SqliteConnection, id: i64) -> anyhow::Result<i64> {
