@@ -12,7 +12,7 @@ use moco_server::config::{Precision, Preset, RunConfig};
 use moco_server::moco::model::MocoModel;
 use moco_server::torch_ext::{AutocastGuard, DeviceProfile, ReducedPrecision};
 use moco_server::train::optim::FlatSgd;
-use moco_server::train::trainer::reduced_precision;
+use moco_server::train::trainer::{precision_label, reduced_precision};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -154,10 +154,16 @@ fn engine_step_timing_in_child(
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
     };
-    let out = Command::new(std::env::current_exe().ok()?)
-        .env(CHILD_ENV, format!("{width} {batch} {steps} {device_arg}"))
-        .output()
-        .ok()?;
+    timing_from(
+        Command::new(std::env::current_exe().ok()?)
+            .env(CHILD_ENV, format!("{width} {batch} {steps} {device_arg}")),
+    )
+}
+
+/// Runs a timing process (the engine's child or the PyTorch script) and reads the JSON report
+/// it prints; None, with its stderr shown, when it fails.
+fn timing_from(command: &mut Command) -> Option<Timing> {
+    let out = command.output().ok()?;
     if !out.status.success() {
         eprintln!("{}", String::from_utf8_lossy(&out.stderr));
         return None;
@@ -223,16 +229,7 @@ fn pytorch_step_timing(
                 },
             ]);
     }
-    let out = command.output().ok()?;
-    if !out.status.success() {
-        eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-        return None;
-    }
-    let report: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(Timing {
-        ms_per_step: report["ms_per_step"].as_f64()?,
-        device_busy_ms: report["device_busy_ms_per_step"].as_f64(),
-    })
+    timing_from(&mut command)
 }
 
 const SHAPES: [(i64, i64, usize); 4] = [(16, 64, 10), (16, 256, 5), (64, 64, 5), (64, 256, 3)];
@@ -286,11 +283,7 @@ fn idle_share(t: &Timing) -> String {
 
 fn cuda_table(device: Device) {
     let precision = reduced_precision(Precision::Auto, device).expect("auto precision resolves");
-    let name = match precision {
-        Some(ReducedPrecision::Bf16) => "bf16 autocast",
-        Some(ReducedPrecision::Fp16) => "fp16 autocast + loss scaling",
-        None => "fp32",
-    };
+    let name = precision_label(precision);
     println!();
     println!(
         "MoCo step on {device:?}, ResNet-18 CIFAR stem, K=4096, split BN 8, {name}, channels_last"

@@ -73,12 +73,7 @@ pub fn report() -> String {
     let _ = writeln!(
         s,
         "precision   {} (what precision = auto uses here)",
-        match precision {
-            Ok(None) => "fp32",
-            Ok(Some(crate::torch_ext::ReducedPrecision::Bf16)) => "bf16 autocast",
-            Ok(Some(crate::torch_ext::ReducedPrecision::Fp16)) => "fp16 autocast + loss scaling",
-            Err(_) => "unknown",
-        }
+        precision.map_or("unknown", crate::train::trainer::precision_label)
     );
     let _ = writeln!(s, "threads     {} (intra-op)", tch::get_num_threads());
     let _ = writeln!(

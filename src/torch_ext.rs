@@ -242,22 +242,25 @@ impl DeviceProfile {
     /// Stops profiling (synchronise the device first so every kernel has ended).
     pub fn finish(mut self) -> anyhow::Result<DeviceActivity> {
         self.finished = true;
-        let (mut busy_ns, mut activities) = (0, 0);
-        // SAFETY: out-pointers to locals.
-        check(unsafe { moco_ext_profile_stop(&mut busy_ns, &mut activities) })?;
-        Ok(DeviceActivity {
-            busy_ns,
-            activities,
-        })
+        stop_profiler()
     }
 }
 
 impl Drop for DeviceProfile {
     fn drop(&mut self) {
+        // The profiler must not stay on after its owner is gone.
         if !self.finished {
-            let (mut busy_ns, mut activities) = (0, 0);
-            // SAFETY: as in `finish`; the profiler must not stay on after its owner is gone.
-            let _ = check(unsafe { moco_ext_profile_stop(&mut busy_ns, &mut activities) });
+            let _ = stop_profiler();
         }
     }
+}
+
+fn stop_profiler() -> anyhow::Result<DeviceActivity> {
+    let (mut busy_ns, mut activities) = (0, 0);
+    // SAFETY: out-pointers to locals.
+    check(unsafe { moco_ext_profile_stop(&mut busy_ns, &mut activities) })?;
+    Ok(DeviceActivity {
+        busy_ns,
+        activities,
+    })
 }

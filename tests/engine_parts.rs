@@ -186,6 +186,7 @@ fn flat_sgd_matches_torch_sgd_arithmetic() {
     let w = store.param("w".into(), Tensor::from_slice(&[1.0f32, -2.0]), false);
     let b = store.param("b".into(), Tensor::from_slice(&[0.5f32]), true);
     store.flatten();
+    store.attach_flat_grad();
     let mut sgd = FlatSgd::new(&store, 0.9, 0.1, true);
     for _ in 0..2 {
         store.zero_grad();

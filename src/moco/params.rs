@@ -115,34 +115,16 @@ impl ParamStore {
     }
 
     /// The gradients of all parameters in the flat layout (zeros where a parameter received
-    /// none): the attached buffer itself, or else a concatenation.
+    /// none), shared with the parameters' `.grad`.
     pub fn flat_grad(&self) -> Tensor {
-        if let Some(grad) = &self.flat_grad {
-            return grad.shallow_clone();
-        }
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|p| {
-                let g = p.tensor.grad();
-                if g.defined() {
-                    g.reshape([-1])
-                } else {
-                    Tensor::zeros([p.numel], (Kind::Float, self.device))
-                }
-            })
-            .collect();
-        Tensor::cat(&grads, 0)
+        self.flat_grad
+            .as_ref()
+            .expect("ParamStore::attach_flat_grad was called")
+            .shallow_clone()
     }
 
     pub fn zero_grad(&mut self) {
-        if let Some(grad) = &self.flat_grad {
-            let _ = grad.shallow_clone().zero_();
-            return;
-        }
-        for p in &mut self.params {
-            p.tensor.zero_grad();
-        }
+        let _ = self.flat_grad().zero_();
     }
 
     /// 1 for parameters that take weight decay, 0 for the others, in the flat layout.

@@ -141,11 +141,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         level: LogLevel::Info,
         message: format!(
             "computing in {}, {} activations",
-            match precision {
-                None => "fp32",
-                Some(ReducedPrecision::Bf16) => "bf16 autocast",
-                Some(ReducedPrecision::Fp16) => "fp16 autocast with loss scaling",
-            },
+            precision_label(precision),
             if cfg.memory_format.channels_last_on(device) {
                 "channels_last"
             } else {
@@ -405,6 +401,15 @@ pub fn reduced_precision(
         ),
         Precision::Bf16 => Some(ReducedPrecision::Bf16),
     })
+}
+
+/// How the log, `doctor` and the bench name a resolved precision.
+pub fn precision_label(precision: Option<ReducedPrecision>) -> &'static str {
+    match precision {
+        None => "fp32",
+        Some(ReducedPrecision::Bf16) => "bf16 autocast",
+        Some(ReducedPrecision::Fp16) => "fp16 autocast with loss scaling",
+    }
 }
 
 /// An autocast region for the forward passes, or nothing in fp32.
