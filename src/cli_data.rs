@@ -15,7 +15,8 @@ pub struct DataArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
-    /// Download CIFAR-10 or CIFAR-100 (binary version) into the data directory, MD5-checked.
+    /// Download CIFAR-10, CIFAR-100 or STL-10 (binary versions) into the data directory,
+    /// MD5-checked.
     Fetch(FetchArgs),
     /// Print image count, classes, image size and mean/std of a dataset.
     Inspect(InspectArgs),
@@ -23,9 +24,10 @@ pub enum DataCommand {
 
 #[derive(Args, Debug)]
 pub struct FetchArgs {
-    /// cifar10 or cifar100.
+    /// cifar10, cifar100 or stl10.
     pub dataset: String,
-    /// The archive is extracted here (as cifar-10-batches-bin / cifar-100-binary).
+    /// The archive is extracted here (as cifar-10-batches-bin / cifar-100-binary /
+    /// stl10_binary).
     #[arg(long, env = "MOCO_DATA_DIR", default_value = "./moco-data")]
     pub data_dir: PathBuf,
     /// A mirror of the archive instead of the canonical address.

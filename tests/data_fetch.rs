@@ -1,95 +1,21 @@
-//! `data fetch` against a local HTTP server serving a small generated CIFAR archive, and the
-//! `data` / `augment-preview` commands of the binary.
-use md5::{Digest, Md5};
+//! `data fetch` against a local HTTP server serving a small generated CIFAR or STL-10 archive, and
+//! the `data` / `augment-preview` commands of the binary.
+mod mirror_support;
+
+use mirror_support::{cifar10_archive, md5_hex, stl10_archive};
 use moco_server::config::{DatasetConfig, DatasetKind};
-use moco_server::data::fetch::{fetch, Archive, FetchOptions, FetchOutcome};
-use moco_server::data::{self, cifar};
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
+use moco_server::data;
+use moco_server::data::fetch::{
+    fetch, fetch_with_progress, Archive, FetchOptions, FetchOutcome, Progress, Stage,
+};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::Mutex;
 
-/// A tar.gz holding `cifar-10-batches-bin/` with 2 records per training file and 2 test records.
-fn cifar10_archive() -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut add = |name: &str, bytes: Vec<u8>| {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(
-            &mut header,
-            format!("cifar-10-batches-bin/{name}"),
-            &bytes[..],
-        )
-        .unwrap();
-    };
-    let image = |seed: u8| -> Vec<u8> {
-        (0..cifar::PIXELS)
-            .map(|i| (i as u8).wrapping_mul(seed))
-            .collect()
-    };
-    for b in 1..=5u8 {
-        add(
-            &format!("data_batch_{b}.bin"),
-            cifar::encode_records(&[(b, image(b)), (b + 1, image(b + 1))], false),
-        );
-    }
-    add(
-        "test_batch.bin",
-        cifar::encode_records(&[(0, image(9)), (9, image(7))], false),
-    );
-    add(
-        "batches.meta.txt",
-        b"airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n".to_vec(),
-    );
-    let tar = tar.into_inner().unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&tar).unwrap();
-    gz.finish().unwrap()
-}
-
-/// Serves `body` at /cifar.tar.gz (404 elsewhere) on 127.0.0.1:0; counts requests.
-fn serve(body: Vec<u8>) -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let counter = hits.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            counter.fetch_add(1, Ordering::SeqCst);
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut request_line = String::new();
-            reader.read_line(&mut request_line).unwrap();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
-                    break;
-                }
-            }
-            let (status, payload): (&str, &[u8]) = if request_line.starts_with("GET /cifar.tar.gz ")
-            {
-                ("200 OK", &body)
-            } else {
-                ("404 Not Found", b"no such file")
-            };
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nContent-Type: application/gzip\r\n\
-                 Connection: close\r\n\r\n",
-                payload.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(payload);
-        }
-    });
-    (format!("http://{addr}"), hits)
-}
-
-fn md5_hex(bytes: &[u8]) -> String {
-    hex::encode(Md5::digest(bytes))
+/// Serves `body` like a mirror: (base address, request counter).
+fn serve(body: Vec<u8>) -> (String, mirror_support::Mirror) {
+    let mirror = mirror_support::serve(body);
+    (mirror.base.clone(), mirror)
 }
 
 fn entries(dir: &Path) -> Vec<String> {
@@ -130,7 +56,7 @@ fn fetch_downloads_verifies_and_extracts_into_place() {
     // Already there: no second download.
     let again = fetch(Archive::Cifar10, &data_dir, &opts).unwrap();
     assert_eq!(again, FetchOutcome::AlreadyPresent(dest.clone()));
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(hits.hits(), 1);
     // --force replaces it.
     let forced = fetch(
         Archive::Cifar10,
@@ -142,7 +68,7 @@ fn fetch_downloads_verifies_and_extracts_into_place() {
     )
     .unwrap();
     assert_eq!(forced, FetchOutcome::Downloaded(dest));
-    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    assert_eq!(hits.hits(), 2);
     assert_eq!(entries(&data_dir), vec!["cifar-10-batches-bin"]);
 }
 
@@ -209,6 +135,117 @@ fn an_archive_of_the_wrong_dataset_is_refused() {
     assert!(entries(tmp.path()).is_empty());
 }
 
+/// Records what a fetch reports.
+#[derive(Default)]
+struct Recorder {
+    stages: Mutex<Vec<Stage>>,
+    bytes: Mutex<Vec<(u64, Option<u64>)>>,
+}
+
+impl Progress for Recorder {
+    fn stage(&self, stage: Stage) {
+        self.stages.lock().unwrap().push(stage);
+    }
+
+    fn bytes(&self, done: u64, total: Option<u64>) {
+        self.bytes.lock().unwrap().push((done, total));
+    }
+}
+
+#[test]
+fn stl10_is_fetched_checked_and_readable() {
+    let archive = stl10_archive(true);
+    let sum = md5_hex(&archive);
+    let size = archive.len() as u64;
+    // Enough pieces that the transfer is reported in several steps.
+    let mirror = mirror_support::serve_slowly(archive, 4, std::time::Duration::from_millis(20));
+    let tmp = tempfile::tempdir().unwrap();
+    let recorder = Recorder::default();
+    let outcome = fetch_with_progress(
+        Archive::Stl10,
+        tmp.path(),
+        &FetchOptions {
+            url: Some(mirror.url()),
+            md5: Some(sum),
+            ..FetchOptions::default()
+        },
+        &recorder,
+    )
+    .unwrap();
+    let dest = tmp.path().join("stl10_binary");
+    assert_eq!(outcome, FetchOutcome::Downloaded(dest.clone()));
+    assert_eq!(entries(tmp.path()), vec!["stl10_binary"]);
+    assert_eq!(
+        *recorder.stages.lock().unwrap(),
+        vec![Stage::Downloading, Stage::Extracting]
+    );
+    let reports = recorder.bytes.lock().unwrap().clone();
+    assert_eq!(reports.first(), Some(&(0, Some(size))));
+    assert_eq!(reports.last(), Some(&(size, Some(size))));
+    assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{reports:?}");
+
+    let cfg = DatasetConfig {
+        kind: DatasetKind::Stl10,
+        path: Some("stl10_binary".into()),
+        ..DatasetConfig::synthetic()
+    };
+    let splits = data::open_splits(&cfg, tmp.path()).unwrap();
+    assert_eq!((splits.train.len(), splits.test.len()), (3, 2));
+    assert_eq!(splits.train.label(2), 9);
+    assert!(Archive::Stl10.is_present(tmp.path()));
+    assert_eq!(Archive::parse("stl10").unwrap(), Archive::Stl10);
+    assert_eq!(Archive::Stl10.md5(), "91f7769df0f17e558f3565bffb0c7dfb");
+}
+
+#[test]
+fn a_broken_stl10_archive_is_refused_and_leaves_nothing() {
+    let archive = stl10_archive(false);
+    let sum = md5_hex(&archive);
+    let (base, _mirror) = serve(archive);
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fetch(
+        Archive::Stl10,
+        tmp.path(),
+        &FetchOptions {
+            url: Some(format!("{base}/cifar.tar.gz")),
+            md5: Some(sum),
+            ..FetchOptions::default()
+        },
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("not a stl10 archive"), "{msg}");
+    assert!(msg.contains("train_y.bin: 2 labels for 3 images"), "{msg}");
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
+/// Stops the download after the first report of received bytes.
+struct StopEarly;
+
+impl Progress for StopEarly {
+    fn cancelled(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn a_stopped_download_leaves_nothing() {
+    let (base, _mirror) = serve(cifar10_archive());
+    let tmp = tempfile::tempdir().unwrap();
+    let err = fetch_with_progress(
+        Archive::Cifar10,
+        tmp.path(),
+        &FetchOptions {
+            url: Some(format!("{base}/cifar.tar.gz")),
+            ..FetchOptions::default()
+        },
+        &StopEarly,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("was stopped"), "{err:#}");
+    assert!(entries(tmp.path()).is_empty(), "{:?}", entries(tmp.path()));
+}
+
 fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_moco-server"))
 }
@@ -258,6 +295,28 @@ fn the_data_commands_fetch_and_inspect() {
     assert_eq!(info["images"], 5000);
     assert_eq!(info["classes"], 10);
     assert_eq!(info["image_size"], 32);
+
+    let stl = stl10_archive(true);
+    let stl_sum = md5_hex(&stl);
+    let (stl_base, _stl_mirror) = serve(stl);
+    let out = binary()
+        .args(["data", "fetch", "stl10", "--data-dir"])
+        .arg(tmp.path())
+        .args([
+            "--url",
+            &format!("{stl_base}/cifar.tar.gz"),
+            "--md5",
+            &stl_sum,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("use it as stl10:stl10_binary"), "{text}");
 
     let out = binary()
         .args(["data", "fetch", "mnist", "--data-dir"])

@@ -26,6 +26,40 @@ pub fn find_dir(path: &Path) -> Option<PathBuf> {
         .find(|d| d.join("train_X.bin").is_file() && d.join("test_X.bin").is_file())
 }
 
+/// Checks that the four labelled files are in `dir`, that the image files are a whole number of
+/// images and that each label file has one byte per image (by size only: cheap, for a freshly
+/// extracted archive). `unlabeled_X.bin`, when present, must be whole images too.
+pub fn check_files(dir: &Path) -> anyhow::Result<()> {
+    let size = |name: &str| -> anyhow::Result<u64> {
+        let path = dir.join(name);
+        Ok(std::fs::metadata(&path)
+            .with_context(|| format!("{} is missing", path.display()))?
+            .len())
+    };
+    let images = |name: &str| -> anyhow::Result<u64> {
+        let len = size(name)?;
+        anyhow::ensure!(
+            len > 0 && len.is_multiple_of(IMAGE_BYTES as u64),
+            "{}: {len} bytes is not a whole number of 96×96×3 STL-10 images",
+            dir.join(name).display()
+        );
+        Ok(len / IMAGE_BYTES as u64)
+    };
+    for split in ["train", "test"] {
+        let count = images(&format!("{split}_X.bin"))?;
+        let labels = size(&format!("{split}_y.bin"))?;
+        anyhow::ensure!(
+            labels == count,
+            "{}: {labels} labels for {count} images",
+            dir.join(format!("{split}_y.bin")).display()
+        );
+    }
+    if dir.join("unlabeled_X.bin").exists() {
+        images("unlabeled_X.bin")?;
+    }
+    Ok(())
+}
+
 /// One image file (and its labels, when labelled).
 struct Source {
     path: PathBuf,
