@@ -36,6 +36,12 @@ enum Command {
         #[arg(long, env = "MOCO_RUNS_PER_DEVICE", default_value_t = 1,
               value_parser = clap::value_parser!(u16).range(1..=64))]
         runs_per_device: u16,
+        /// Let download requests name their own address and MD5 (`url`, `md5`). Off by default:
+        /// it lets any client make the server fetch from wherever it can reach. Mirrors chosen
+        /// by the operator go in MOCO_FETCH_MIRROR_<NAME> / MOCO_FETCH_MD5_<NAME> instead
+        /// (NAME: CIFAR10, CIFAR100, STL10).
+        #[arg(long, env = "MOCO_ALLOW_FETCH_SOURCE")]
+        allow_fetch_source: bool,
     },
     /// Print versions, CUDA availability and devices.
     Doctor,
@@ -66,14 +72,20 @@ fn main() -> ExitCode {
             token,
             auto_resume,
             runs_per_device,
-        } => serve(moco_server::server::ServerConfig {
-            host,
-            port,
-            data_dir,
-            token,
-            auto_resume,
-            runs_per_device: runs_per_device as usize,
-        }),
+            allow_fetch_source,
+        } => moco_server::server::fetch_jobs::FetchPolicy::from_env(allow_fetch_source).and_then(
+            |fetch| {
+                serve(moco_server::server::ServerConfig {
+                    host,
+                    port,
+                    data_dir,
+                    token,
+                    auto_resume,
+                    runs_per_device: runs_per_device as usize,
+                    fetch,
+                })
+            },
+        ),
         Command::Doctor => doctor(),
         Command::Train(args) => moco_server::cli_train::train(args),
         Command::Export(args) => moco_server::cli_train::export(args),

@@ -1,6 +1,6 @@
 //! The JSON API under /api (described by /api/openapi.json).
 use super::error::{parse_id, ApiError};
-use super::{auth, downloads, events, openapi, AppState};
+use super::{auth, datasets_api, downloads, events, openapi, AppState};
 use crate::config::{Preset, RunConfig};
 use crate::db::{self, runs::RunFilter, runs::RunSort, runs::RunState};
 use axum::body::Bytes;
@@ -29,6 +29,11 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/{id}/events", get(events::stream))
         .route("/presets", get(presets))
         .route("/datasets", get(list_datasets))
+        .route(
+            "/datasets/downloads",
+            get(datasets_api::list).post(datasets_api::start),
+        )
+        .route("/datasets/stats", get(datasets_api::stats))
         .route("/health", get(health))
         .route("/version", get(version))
         .route("/devices", get(devices))
@@ -98,7 +103,7 @@ async fn list_runs(
 }
 
 /// Reads a JSON object body; a body that is not JSON is a 400 naming the problem.
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+pub(super) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Ok(json!({}));
     }

@@ -61,6 +61,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A message about files for clients: paths inside the data directory become relative to it and
+/// the directory itself "the data directory", so the server's own layout stays its own.
+pub fn without_data_dir(message: &str, data_dir: &std::path::Path) -> String {
+    let dir = data_dir.display().to_string();
+    message
+        .replace(&format!("{dir}/"), "")
+        .replace(&dir, "the data directory")
+}
+
 /// A run or checkpoint id from the path: a positive integer, or a 404 (nothing else is looked up).
 pub fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
     raw.parse::<i64>()

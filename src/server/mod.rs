@@ -1,7 +1,8 @@
 //! The HTTP server: shared state, the router, start-up and graceful shutdown.
 //!
 //! `/api/…` is the JSON API (api.rs, described by /api/openapi.json), `/api/runs/{id}/events` the
-//! live event stream (events.rs), checkpoint downloads (downloads.rs), `/metrics` for Prometheus,
+//! live event stream (events.rs), checkpoint downloads (downloads.rs), dataset downloads and
+//! statistics (datasets_api.rs, fetch_jobs.rs, dataset_stats.rs), `/metrics` for Prometheus,
 //! and the HTML dashboard (pages). Requests that change something need the access token when
 //! the server listens beyond loopback (auth.rs).
 use crate::jobs::hub::EventHub;
@@ -22,10 +23,13 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 pub mod api;
 pub mod auth;
+pub mod dataset_stats;
 pub mod datasets;
+pub mod datasets_api;
 pub mod downloads;
 pub mod error;
 pub mod events;
+pub mod fetch_jobs;
 pub mod openapi;
 pub mod pages;
 pub mod prometheus;
@@ -51,6 +55,8 @@ pub struct ServerConfig {
     pub auto_resume: bool,
     /// Runs trained at once on one device.
     pub runs_per_device: usize,
+    /// Where dataset downloads may come from.
+    pub fetch: fetch_jobs::FetchPolicy,
 }
 
 impl ServerConfig {
@@ -63,6 +69,7 @@ impl ServerConfig {
             token: None,
             auto_resume: false,
             runs_per_device: 1,
+            fetch: fetch_jobs::FetchPolicy::default(),
         }
     }
 }
@@ -83,8 +90,14 @@ pub struct AppInner {
     /// Devices found at start (`crate::doctor::devices()`).
     pub devices: Vec<crate::doctor::DeviceInfo>,
     pub started: Instant,
+    /// Dataset downloads started from the dashboard or the API.
+    pub fetch_jobs: fetch_jobs::FetchJobs,
+    /// Mean/std of listed datasets, computed on demand.
+    pub dataset_stats: dataset_stats::StatsCache,
     shutdown: watch::Sender<bool>,
     dataset_cache: tokio::sync::Mutex<Option<(Instant, Vec<datasets::DatasetEntry>)>>,
+    /// The data directory changed (a download finished): the next listing scans again.
+    datasets_changed: std::sync::atomic::AtomicBool,
 }
 
 impl std::ops::Deref for AppState {
@@ -107,8 +120,11 @@ impl AppState {
     /// The datasets under the data directory (rescanned at most every few seconds).
     pub async fn datasets(&self) -> anyhow::Result<Vec<datasets::DatasetEntry>> {
         let mut cache = self.dataset_cache.lock().await;
+        let changed = self
+            .datasets_changed
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
         if let Some((at, list)) = cache.as_ref() {
-            if at.elapsed() < DATASET_CACHE {
+            if !changed && at.elapsed() < DATASET_CACHE {
                 return Ok(list.clone());
             }
         }
@@ -118,6 +134,12 @@ impl AppState {
             .context("the dataset scan failed")?;
         *cache = Some((Instant::now(), list.clone()));
         Ok(list)
+    }
+
+    /// The next [`AppState::datasets`] scans again instead of reusing its last listing.
+    pub fn forget_datasets(&self) {
+        self.datasets_changed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -157,8 +179,11 @@ pub async fn prepare(config: &ServerConfig) -> anyhow::Result<AppState> {
             auth: auth::Auth::for_host(&config.host, config.token.clone()),
             devices,
             started: Instant::now(),
+            fetch_jobs: fetch_jobs::FetchJobs::new(config.fetch.clone()),
+            dataset_stats: dataset_stats::StatsCache::default(),
             shutdown,
             dataset_cache: tokio::sync::Mutex::new(None),
+            datasets_changed: std::sync::atomic::AtomicBool::new(false),
         }),
     })
 }

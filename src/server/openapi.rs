@@ -2,7 +2,7 @@
 use serde_json::{json, Value};
 
 /// Every path the API serves (the test suite checks the document lists exactly these).
-pub const PATHS: [&str; 17] = [
+pub const PATHS: [&str; 19] = [
     "/api/runs",
     "/api/runs/{id}",
     "/api/runs/{id}/cancel",
@@ -14,6 +14,8 @@ pub const PATHS: [&str; 17] = [
     "/api/runs/{id}/events",
     "/api/presets",
     "/api/datasets",
+    "/api/datasets/downloads",
+    "/api/datasets/stats",
     "/api/health",
     "/api/version",
     "/api/devices",
@@ -193,6 +195,41 @@ pub fn document() -> Value {
                 "responses": {"200": json_response("datasets", json!({"type": "object", "properties": {"datasets": {"type": "array", "items": schema("Dataset")}}}))}
             }
         },
+        "/api/datasets/downloads": {
+            "get": {
+                "summary": "The archives the server can download (CIFAR-10, CIFAR-100, STL-10): present or not, and each one's latest download",
+                "responses": {"200": json_response("downloads", json!({"type": "object", "properties": {"downloads": {"type": "array", "items": schema("Download")}}}))}
+            },
+            "post": mutating(json!({
+                "summary": "Download an archive into the data directory in the background",
+                "description": "Poll GET /api/datasets/downloads for progress. The archive is MD5-checked and unpacked into a temporary directory, then renamed into place: a failure leaves the data directory as it was. The address is the canonical one or the operator's mirror (MOCO_FETCH_MIRROR_<NAME>, MOCO_FETCH_MD5_<NAME>); `url` and `md5` are accepted only from a server started with --allow-fetch-source.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "required": ["dataset"], "additionalProperties": false, "properties": {
+                    "dataset": {"type": "string", "enum": ["cifar10", "cifar100", "stl10"]},
+                    "url": {"type": "string", "description": "http(s) address of the archive (only with --allow-fetch-source)"},
+                    "md5": {"type": "string", "description": "its MD5, 32 hex digits (default: the canonical archive's)"}}},
+                    "example": {"dataset": "cifar10"}}}},
+                "responses": {
+                    "202": json_response("started", json!({"type": "object", "properties": {"download": schema("Download")}})),
+                    "400": json_response("the body is not JSON", schema("FieldErrors")),
+                    "409": error("a download of this archive is running, or it is already in the data directory"),
+                    "422": json_response("a bad field; nothing started", schema("FieldErrors")),
+                }
+            })),
+        },
+        "/api/datasets/stats": {
+            "get": {
+                "summary": "Per-channel mean and std of a listed dataset",
+                "description": "Computed from up to 10 000 training images the first time (seconds), then remembered until the dataset's files change.",
+                "parameters": [{"name": "dataset", "in": "query", "required": true, "description": "a dataset's value: synthetic or kind:path as GET /api/datasets lists it",
+                    "schema": {"type": "string", "example": "cifar10:cifar-10-batches-bin"}}],
+                "responses": {
+                    "200": json_response("the statistics", schema("DatasetStats")),
+                    "400": json_response("no dataset given", schema("FieldErrors")),
+                    "404": error("no such dataset in the data directory"),
+                    "422": error("the dataset's files cannot be read"),
+                }
+            }
+        },
         "/api/health": {
             "get": {
                 "summary": "Liveness and database status",
@@ -279,6 +316,23 @@ pub fn document() -> Value {
                     "label": {"type": "string"}, "images": {"type": "integer"}, "test_images": {"type": "integer"},
                     "classes": {"type": "integer"}, "image_size": {"type": "integer", "nullable": true},
                     "config": {"type": "object", "description": "the `dataset` object to post"}}},
+                "Download": {"type": "object", "properties": {
+                    "dataset": {"type": "string", "enum": ["cifar10", "cifar100", "stl10"]}, "title": {"type": "string"},
+                    "dir": {"type": "string", "description": "where it unpacks, relative to the data directory"},
+                    "present": {"type": "boolean"},
+                    "state": {"type": "string", "enum": ["idle", "running", "done", "failed"]},
+                    "stage": {"type": "string", "enum": ["downloading", "extracting"], "nullable": true},
+                    "bytes": {"type": "integer"}, "total": {"type": "integer", "nullable": true},
+                    "approx_bytes": {"type": "integer", "description": "size of the canonical archive"},
+                    "bytes_per_sec": {"type": "number", "nullable": true}, "eta_seconds": {"type": "number", "nullable": true},
+                    "error": {"type": "string", "nullable": true},
+                    "started_at": {"type": "string", "format": "date-time", "nullable": true},
+                    "finished_at": {"type": "string", "format": "date-time", "nullable": true},
+                    "mirror": {"type": "boolean", "description": "from a mirror rather than the canonical address"}}},
+                "DatasetStats": {"type": "object", "properties": {"dataset": {"type": "string"},
+                    "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+                    "std": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+                    "class_names": {"type": "array", "items": {"type": "string"}}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "FieldErrors": {"type": "object", "required": ["errors"], "properties": {"errors": {"type": "array", "items": {
                     "type": "object", "required": ["field", "message"], "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}
