@@ -2,8 +2,9 @@
 //! that keep them live. Lists, forms and tables work without JavaScript; charts need it.
 //!
 //! Routes: `/` runs, `/runs/new` (GET form, POST form-encoded), `/runs/{id}`, its cancel / resume
-//! forms and augmentation preview, `/compare?ids=1,2,3`, `/login` (servers that want their access
-//! token for changes), and the embedded files under `/static/`.
+//! forms and augmentation preview, `/compare?ids=1,2,3`, `/datasets` (and its download form),
+//! `/login` (servers that want their access token for changes), and the embedded files under
+//! `/static/`.
 use super::AppState;
 use askama::Template;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,6 +15,7 @@ use axum::Router;
 mod assets;
 mod backend;
 mod compare;
+mod datasets;
 mod form;
 mod format;
 mod login;
@@ -34,13 +36,15 @@ pub fn routes() -> Router<AppState> {
             get(run_page::augment_preview),
         )
         .route("/compare", get(compare::page))
+        .route("/datasets", get(datasets::page))
+        .route("/datasets/downloads", post(datasets::start))
         .route("/login", get(login::page))
         .route("/static/{*path}", get(assets::serve))
 }
 
 /// What the base layout needs from every page.
 pub struct Layout {
-    /// The navigation entry shown as current: "runs", "new" or "".
+    /// The navigation entry shown as current: "runs", "new", "datasets" or "".
     pub nav: &'static str,
     pub version: &'static str,
     /// The server wants its access token for changes and this browser has not given it: the

@@ -58,7 +58,8 @@ pub async fn resume_run(state: &AppState, id: i64) -> anyhow::Result<Result<(), 
         .map_err(|refused| capitalised(refused.message())))
 }
 
-fn capitalised(message: &str) -> String {
+/// The message with its first letter in upper case (for a sentence on a page).
+pub fn capitalised(message: &str) -> String {
     let mut chars = message.chars();
     match chars.next() {
         Some(first) => first.to_uppercase().chain(chars).collect(),
