@@ -2,8 +2,10 @@
 //! on 127.0.0.1:0 with a fresh data directory. A tiny run is started from the form on the built-in
 //! dataset, followed live to completion, its encoder downloaded through the page's link and
 //! compared byte for byte with the file on disk; a bad form comes back with the error beside its
-//! field. Screenshots are kept under target/test-artifacts/.
+//! field. A dataset is downloaded from the Datasets page (from a local mirror) with its bar
+//! followed to 100 %. Screenshots are kept under target/test-artifacts/.
 mod dashboard_support;
+mod mirror_support;
 
 use dashboard_support::{Browser, Server};
 use fantoccini::Locator;
@@ -538,5 +540,107 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
     assert_no_script_errors(&b, "dashboard-08-dark-run").await;
     b.screenshot_full("dashboard-08-dark-run", 1280).await;
 
+    b.client.clone().close().await.unwrap();
+}
+
+/// The text of the element `css`, empty while there is none (the page may be replacing it).
+async fn text_of(b: &Browser, css: &str) -> String {
+    let script = format!(
+        "const e = document.querySelector({}); return e ? e.textContent.trim() : '';",
+        serde_json::to_string(css).unwrap()
+    );
+    b.js(&script).await.as_str().unwrap_or("").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataset_downloaded_from_the_page_joins_the_table_and_the_picker() {
+    let archive = mirror_support::cifar10_archive();
+    let sum = mirror_support::md5_hex(&archive);
+    // Slow enough (about 4 s) for the bar to be seen on its way.
+    let mirror = mirror_support::serve_slowly(archive, 30, Duration::from_millis(150));
+    let tmp = tempfile::tempdir().unwrap();
+    let url = mirror.url();
+    let server = Server::start_with_env(
+        &tmp.path().join("data"),
+        &[],
+        &[
+            ("MOCO_FETCH_MIRROR_CIFAR10", url.as_str()),
+            ("MOCO_FETCH_MD5_CIFAR10", sum.as_str()),
+        ],
+    );
+    let b = Browser::start().await;
+    b.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": STATE_RECORDER }),
+    )
+    .await;
+    b.goto(&server.at("/datasets")).await;
+    assert_eq!(b.text("h1").await, "Datasets");
+    // The synthetic set's mean/std arrive after the page.
+    b.wait_until("the synthetic mean", Duration::from_secs(30), || async {
+        let t = text_of(&b, r#"tr[data-dataset="synthetic"] td[data-field=mean]"#).await;
+        (t.split(' ').count() == 3 && t.starts_with("0.")).then_some(())
+    })
+    .await;
+
+    let item = "#download-cifar10";
+    b.client
+        .find(Locator::Css(&format!("{item} button")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // Every value the bar had when looked at.
+    let seen = std::sync::Mutex::new(Vec::new());
+    b.wait_until("the bar at 100 %", Duration::from_secs(120), || async {
+        let value = b
+            .js("return document.querySelector('#download-cifar10 progress').value;")
+            .await
+            .as_f64()
+            .unwrap_or(0.0);
+        let text = text_of(&b, "#download-cifar10 [data-role=text]").await;
+        seen.lock().unwrap().push(value);
+        (text == "100.0 % · done" && value == 1.0).then_some(())
+    })
+    .await;
+    let seen = seen.into_inner().unwrap();
+    assert!(
+        seen.iter().any(|v| *v > 0.0 && *v < 1.0),
+        "the bar never showed a part done: {seen:?}"
+    );
+    let button = b
+        .client
+        .find(Locator::Css(&format!("{item} button")))
+        .await
+        .unwrap();
+    assert_eq!(button.text().await.unwrap(), "Present");
+    assert!(button.attr("disabled").await.unwrap().is_some());
+    // The table was refreshed with the new set, and its mean/std follow.
+    b.wait_until("the new row's mean", Duration::from_secs(30), || async {
+        let t = text_of(
+            &b,
+            r#"tr[data-dataset="cifar10:cifar-10-batches-bin"] td[data-field=mean]"#,
+        )
+        .await;
+        (t.split(' ').count() == 3 && t.starts_with("0.")).then_some(())
+    })
+    .await;
+    assert_no_script_errors(&b, "dashboard-10-datasets").await;
+    b.screenshot_full("dashboard-10-datasets", 1280).await;
+
+    // The New run picker offers it.
+    b.goto(&server.at("/runs/new")).await;
+    let options = b
+        .js("return Array.from(document.querySelectorAll('#f-dataset option')).map(o => o.value);")
+        .await;
+    assert!(
+        options
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o == "cifar10:cifar-10-batches-bin"),
+        "{options}"
+    );
     b.client.clone().close().await.unwrap();
 }
