@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ left in the checkout
 from moco_reference import MoCo, ResNet18, sgd  # noqa: E402  (the shared reference model)
 
 # Where benches/quality.rs writes the engine's synthetic set as an image folder (its
