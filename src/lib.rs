@@ -7,6 +7,7 @@ pub mod db;
 pub mod doctor;
 pub mod jobs;
 pub mod moco;
+pub mod rng;
 pub mod server;
 pub mod torch_ext;
 pub mod train;

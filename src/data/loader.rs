@@ -8,8 +8,6 @@
 //! after at most the batch it is working on.
 use super::Dataset;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -123,10 +121,12 @@ impl Loader {
 pub fn epoch_order(len: usize, shuffle: bool, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..len).collect();
     if shuffle {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        // One ChaCha stream per epoch: independent orders, and epoch e needs no earlier draws.
-        rng.set_stream(epoch);
-        order.shuffle(&mut rng);
+        // One stream per epoch: independent orders, and epoch e needs no earlier draws.
+        order.shuffle(&mut crate::rng::stream(
+            seed,
+            crate::rng::Purpose::EpochOrder,
+            epoch,
+        ));
     }
     order
 }
