@@ -64,6 +64,32 @@
     if (desc) desc.textContent = preset.description + ". Every value can be changed.";
     updateEffectiveLr();
     updateQueueRule();
+    updateEstimate();
+  }
+
+  // The estimated duration comes from the server (it knows the dataset's size and the device's
+  // speed); asked again a moment after the user stops typing.
+  let estimateTimer = null;
+  let estimateAsked = 0;
+  function updateEstimate() {
+    const out = document.getElementById("estimate");
+    if (!out) return;
+    clearTimeout(estimateTimer);
+    estimateTimer = setTimeout(async () => {
+      const asked = ++estimateAsked;
+      try {
+        const resp = await fetch("/runs/new/estimate", {
+          method: "POST",
+          body: new URLSearchParams(new FormData(form)),
+          credentials: "same-origin",
+        });
+        if (!resp.ok || asked !== estimateAsked) return;
+        const body = await resp.json();
+        out.textContent = body.text;
+      } catch (_) {
+        // Offline or the server restarting: keep the last estimate.
+      }
+    }, 400);
   }
 
   const presetSelect = field("preset");
@@ -71,8 +97,12 @@
   form.addEventListener("input", () => {
     updateEffectiveLr();
     updateQueueRule();
+    updateEstimate();
   });
-  form.addEventListener("change", updateQueueRule);
+  form.addEventListener("change", () => {
+    updateQueueRule();
+    updateEstimate();
+  });
   updateEffectiveLr();
   updateQueueRule();
 

@@ -28,6 +28,20 @@ impl Conv {
         }
     }
 
+    /// Side of the output for an input of side `side`.
+    fn out_side(&self, side: i64) -> i64 {
+        let k = self.weight.size()[2];
+        (side + 2 * self.padding - k) / self.stride + 1
+    }
+
+    /// Multiply-accumulates for one image whose input has side `side`; also returns the output
+    /// side.
+    fn macs(&self, side: i64) -> (i64, i64) {
+        let out = self.out_side(side);
+        let w = self.weight.size();
+        (w.iter().product::<i64>() * out * out, out)
+    }
+
     fn forward(&self, x: &Tensor) -> Tensor {
         x.conv2d(
             &self.weight,
@@ -169,6 +183,28 @@ impl ResNet {
     /// Width of the pooled feature vector.
     pub fn feature_dim(&self) -> i64 {
         self.feature_dim
+    }
+
+    /// Multiply-accumulates of the convolutions in one forward pass of one `image_size`² image
+    /// (BatchNorm, ReLU and pooling are memory-bound and small next to them).
+    pub fn forward_macs(&self, image_size: i64) -> i64 {
+        let (mut total, mut side) = self.conv1.macs(image_size);
+        if self.stem == Stem::Imagenet {
+            // The 3×3 stride-2 max-pool with padding 1.
+            side = (side + 2 - 3) / 2 + 1;
+        }
+        for block in self.layers.iter().flatten() {
+            let input_side = side;
+            for conv in &block.convs {
+                let (macs, out) = conv.macs(side);
+                total += macs;
+                side = out;
+            }
+            if let Some(d) = &block.downsample {
+                total += d.conv.macs(input_side).0;
+            }
+        }
+        total
     }
 
     /// Images [N, 3, H, W] → pooled features [N, feature_dim].

@@ -43,6 +43,14 @@ impl Head {
         }
     }
 
+    /// Multiply-accumulates per image (one per weight).
+    pub fn macs(&self) -> i64 {
+        match self {
+            Head::Linear(l) => l.weight.numel() as i64,
+            Head::Mlp(a, b) => (a.weight.numel() + b.weight.numel()) as i64,
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self {
             Head::Linear(l) => l.forward(x),

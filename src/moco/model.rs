@@ -36,6 +36,11 @@ impl Encoder {
         }
     }
 
+    /// Multiply-accumulates of one forward pass (backbone and head) of one `image_size`² image.
+    pub fn forward_macs(&self, image_size: i64) -> i64 {
+        self.backbone.forward_macs(image_size) + self.head.macs()
+    }
+
     /// Unit-length embeddings [N, dim].
     pub fn embed(&self, x: &Tensor, train: bool, splits: i64) -> Tensor {
         normalize(&self.head.forward(&self.backbone.forward(x, train, splits)))

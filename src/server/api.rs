@@ -27,6 +27,7 @@ pub fn routes() -> Router<AppState> {
             get(downloads::download),
         )
         .route("/runs/{id}/events", get(events::stream))
+        .route("/estimate", post(estimate_run))
         .route("/presets", get(presets))
         .route("/datasets", get(list_datasets))
         .route(
@@ -75,7 +76,7 @@ async fn list_runs(
         if Preset::parse(p).is_none() {
             return Err(ApiError::bad_request(
                 "preset",
-                format!("unknown preset {p:?}; expected one of v1, v2, cifar"),
+                format!("unknown preset {p:?}; expected one of {}", Preset::names()),
             ));
         }
         filter.preset = Some(p.to_string());
@@ -122,6 +123,15 @@ async fn create_run(State(state): State<AppState>, body: Bytes) -> Result<Respon
             }
             Ok(resp)
         }
+        Err(errors) => Err(ApiError::invalid(errors)),
+    }
+}
+
+/// POST /api/estimate: how long a run of this (partial) config would take here.
+async fn estimate_run(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let doc = parse_body(&body)?;
+    match crate::server::estimate::for_config(&state, &doc).await {
+        Ok(estimate) => Ok(Json(json!(estimate)).into_response()),
         Err(errors) => Err(ApiError::invalid(errors)),
     }
 }

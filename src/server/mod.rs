@@ -28,6 +28,7 @@ pub mod datasets;
 pub mod datasets_api;
 pub mod downloads;
 pub mod error;
+pub mod estimate;
 pub mod events;
 pub mod fetch_jobs;
 pub mod openapi;

@@ -1,8 +1,9 @@
 //! The OpenAPI 3 description of the JSON API, served at /api/openapi.json.
+use crate::config::Preset;
 use serde_json::{json, Value};
 
 /// Every path the API serves (the test suite checks the document lists exactly these).
-pub const PATHS: [&str; 19] = [
+pub const PATHS: [&str; 20] = [
     "/api/runs",
     "/api/runs/{id}",
     "/api/runs/{id}/cancel",
@@ -12,6 +13,7 @@ pub const PATHS: [&str; 19] = [
     "/api/runs/{id}/checkpoints",
     "/api/runs/{id}/checkpoints/{ckpt}/download",
     "/api/runs/{id}/events",
+    "/api/estimate",
     "/api/presets",
     "/api/datasets",
     "/api/datasets/downloads",
@@ -69,7 +71,7 @@ pub fn document() -> Value {
                 "summary": "List runs",
                 "parameters": [
                     query("state", "only runs in this state", schema("RunState")),
-                    query("preset", "only runs of this preset", json!({"type": "string", "enum": ["v1", "v2", "cifar"]})),
+                    query("preset", "only runs of this preset", json!({"type": "string", "enum": Preset::ALL.map(Preset::name)})),
                     query("search", "case-insensitive part of the name", json!({"type": "string"})),
                     query("sort", "order", json!({"type": "string", "default": "created_desc",
                         "enum": ["created_desc", "created_asc", "name_asc", "name_desc", "knn_desc", "state"]})),
@@ -181,6 +183,24 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "an event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                               "404": error("no such run")}
             }
+        },
+        "/api/estimate": {
+            "post": mutating(json!({
+                "summary": "How long a run of this config would take here",
+                "description": "The body is a partial config, as for creating a run; nothing is stored. The work is counted in multiply-accumulates of the config's encoder (4 forward passes per training image, 8 with the symmetric loss; one per image and kNN evaluation) at the device's speed, measured once per device.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("RunConfig"),
+                    "example": {"preset": "demo", "dataset": {"kind": "synthetic"}}}}},
+                "responses": {
+                    "200": json_response("the estimate", json!({"type": "object", "properties": {
+                        "seconds": {"type": "number"}, "text": {"type": "string"},
+                        "steps_per_epoch": {"type": "integer"}, "total_steps": {"type": "integer"},
+                        "evaluations": {"type": "integer", "description": "kNN evaluations, the untrained baseline included"},
+                        "macs_per_second": {"type": "number"}, "train_images": {"type": "integer"},
+                        "test_images": {"type": "integer"}, "device": {"type": "string"}}})),
+                    "400": json_response("the body is not JSON", schema("FieldErrors")),
+                    "422": json_response("invalid config", schema("FieldErrors")),
+                }
+            })),
         },
         "/api/presets": {
             "get": {

@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(runs::page))
         .route("/runs/new", get(new_run::page).post(new_run::submit))
+        .route("/runs/new/estimate", post(new_run::estimate))
         .route("/runs/{id}", get(run_page::page))
         .route("/runs/{id}/cancel", post(run_page::cancel))
         .route("/runs/{id}/resume", post(run_page::resume))

@@ -1,5 +1,6 @@
 //! The training engine: the loop, schedules, optimizer, checkpoints, kNN monitor and export.
 pub mod checkpoint;
+pub mod estimate;
 pub mod events;
 pub mod knn;
 pub mod optim;

@@ -49,8 +49,24 @@ struct NewRunPage {
     preset_links: Vec<PresetLink>,
     effective_lr: String,
     queue_rule: String,
+    /// The estimated duration, or why there is none yet.
+    estimate: String,
     presets_json: String,
 }
+
+/// The form's estimate line: the duration, or what keeps it from being computed.
+async fn estimate_text(state: &AppState, values: &Values) -> String {
+    let (doc, parse_errors) = form::partial_config(values);
+    if !parse_errors.is_empty() {
+        return NO_ESTIMATE.into();
+    }
+    match crate::server::estimate::for_config(state, &doc).await {
+        Ok(estimate) => estimate.text,
+        Err(_) => NO_ESTIMATE.into(),
+    }
+}
+
+const NO_ESTIMATE: &str = "— (fix the settings marked below to see it)";
 
 /// The dataset picker's entries: the built-in synthetic set, then what the data directory holds.
 async fn dataset_options(state: &AppState, chosen: &str) -> Vec<OptionView> {
@@ -108,7 +124,7 @@ async fn build_page(
     let preset_name = values
         .get(form::PRESET_KEY)
         .cloned()
-        .unwrap_or_else(|| "cifar".into());
+        .unwrap_or_else(|| Preset::default_here().name().into());
     let preset = Preset::parse(&preset_name);
 
     let mut preset_options: Vec<OptionView> = Preset::ALL
@@ -201,6 +217,7 @@ async fn build_page(
             .collect(),
         effective_lr: form::effective_lr(values),
         queue_rule: form::queue_rule(values),
+        estimate: estimate_text(state, values).await,
         presets_json: format::script_json(&form::presets_json()),
     }
 }
@@ -236,7 +253,8 @@ pub async fn page(
         (_, Some(p)) if !p.is_empty() => {
             let preset = Preset::parse(p).ok_or_else(|| {
                 PageError::bad_request(format!(
-                    "Unknown preset {p:?}; the presets are v1, v2 and cifar."
+                    "Unknown preset {p:?}; the presets are {}.",
+                    Preset::names()
                 ))
             })?;
             (
@@ -245,12 +263,22 @@ pub async fn page(
             )
         }
         _ => (
-            form::values_from_config(&RunConfig::preset(Preset::Cifar)),
+            form::values_from_config(&RunConfig::preset(Preset::default_here())),
             String::new(),
         ),
     };
     let page = build_page(&state, &headers, &values, &[], note).await;
     Ok(render(StatusCode::OK, &page))
+}
+
+/// POST /runs/new/estimate (the form's fields, form-encoded): the estimate line as JSON, for
+/// the script that keeps it current as the user types.
+pub async fn estimate(
+    State(state): State<AppState>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let values = form::submitted_values(pairs);
+    axum::Json(serde_json::json!({"text": estimate_text(&state, &values).await})).into_response()
 }
 
 /// POST /runs/new
@@ -266,7 +294,7 @@ pub async fn submit(
     let preset = submitted
         .get(form::PRESET_KEY)
         .and_then(|p| Preset::parse(p.trim()))
-        .unwrap_or(Preset::Cifar);
+        .unwrap_or_else(Preset::default_here);
     let mut values = form::values_from_config(&RunConfig::preset(preset));
     values.extend(submitted);
     let errors = if parse_errors.is_empty() {
