@@ -12,9 +12,10 @@ use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Starting point: v1, v2 or cifar.
-    #[arg(long, default_value = "cifar", value_parser = ["v1", "v2", "cifar"])]
-    pub preset: String,
+    /// Starting point: v1, v2, cifar or demo (default: cifar on a machine with a GPU, demo
+    /// otherwise).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Preset::ALL.map(Preset::name)))]
+    pub preset: Option<String>,
     /// A TOML file with settings (any subset of the run config; `moco-server train --print-config`
     /// shows every field).
     #[arg(long)]
@@ -29,6 +30,10 @@ pub struct TrainArgs {
     /// Continue from a full checkpoint.
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// With --resume: continue even though the config changes the run's trajectory (epochs,
+    /// schedule, loss, augmentation, seed…), which is otherwise refused.
+    #[arg(long, requires = "resume")]
+    pub allow_config_change: bool,
     /// One JSON object per event on stdout instead of a progress bar.
     #[arg(long)]
     pub json: bool,
@@ -52,7 +57,10 @@ pub struct ExportArgs {
 /// The config a `train` invocation asks for: preset, then the TOML file, then --data, then
 /// field=value overrides. Every error names its field.
 pub fn build_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
-    let preset = Preset::parse(&args.preset).ok_or_else(|| anyhow!("preset: unknown"))?;
+    let preset = match &args.preset {
+        Some(name) => Preset::parse(name).ok_or_else(|| anyhow!("--preset: unknown {name:?}"))?,
+        None => Preset::default_here(),
+    };
     let mut cfg = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -132,6 +140,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         device,
         stop,
         resume_from: args.resume.clone(),
+        allow_config_change: args.allow_config_change,
     };
     let json = args.json;
     // tch tensors are not Sync: the engine runs on its own thread, joined before we return.
@@ -289,8 +298,10 @@ impl Observer for ProgressObserver {
             TrainEvent::Evaluation {
                 epoch, knn_top1, ..
             } => {
-                self.bar
-                    .println(format!("epoch {epoch}: kNN top-1 {knn_top1:.2}%"));
+                let untrained = if epoch == 0 { " (untrained)" } else { "" };
+                self.bar.println(format!(
+                    "epoch {epoch}{untrained}: kNN top-1 {knn_top1:.2}%"
+                ));
             }
             TrainEvent::CheckpointSaved(c) => {
                 self.bar.println(format!(

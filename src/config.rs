@@ -17,16 +17,19 @@ pub enum Preset {
     V2,
     /// The official CIFAR-10 demo: ResNet-18 with the CIFAR stem.
     Cifar,
+    /// A few minutes on a CPU: a narrow ResNet-18 on the built-in set, to see MoCo learn.
+    Demo,
 }
 
 impl Preset {
-    pub const ALL: [Preset; 3] = [Preset::V1, Preset::V2, Preset::Cifar];
+    pub const ALL: [Preset; 4] = [Preset::V1, Preset::V2, Preset::Cifar, Preset::Demo];
 
     pub fn name(self) -> &'static str {
         match self {
             Preset::V1 => "v1",
             Preset::V2 => "v2",
             Preset::Cifar => "cifar",
+            Preset::Demo => "demo",
         }
     }
 
@@ -34,11 +37,34 @@ impl Preset {
         Preset::ALL.into_iter().find(|p| p.name() == s)
     }
 
+    /// "v1, v2, cifar, demo": for error messages and help texts.
+    pub fn names() -> String {
+        Preset::ALL.map(Preset::name).join(", ")
+    }
+
+    /// The New run form's default: the CIFAR demo where a GPU trains it in reasonable time, the
+    /// CPU demo otherwise.
+    pub fn default_for(has_gpu: bool) -> Preset {
+        if has_gpu {
+            Preset::Cifar
+        } else {
+            Preset::Demo
+        }
+    }
+
+    /// [`Preset::default_for`] this machine (the New run form's and the CLI's default).
+    pub fn default_here() -> Preset {
+        Preset::default_for(tch::Cuda::is_available())
+    }
+
     pub fn description(self) -> &'static str {
         match self {
             Preset::V1 => "MoCo v1: linear head, T=0.07, K=65536, step lr 0.03×B/256",
             Preset::V2 => "MoCo v2: MLP head, blur, stronger jitter, T=0.2, cosine lr",
             Preset::Cifar => "CIFAR demo: ResNet-18 CIFAR stem, T=0.1, m=0.99, K=4096, cosine lr",
+            Preset::Demo => {
+                "CPU demo: ResNet-18 width 16 on the built-in shapes, a few minutes on 2 cores"
+            }
         }
     }
 }
@@ -111,6 +137,55 @@ pub enum LrSchedule {
     /// Multiply by `lr_gamma` at each epoch of `lr_milestones`.
     Step,
     Cosine,
+}
+
+/// How often the learning rate is set. The official MoCo v1/v2 code and the CIFAR demo set it once
+/// per epoch (`adjust_learning_rate(optimizer, epoch, args)`); MoCo v3 sets it every step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrUpdate {
+    Epoch,
+    Step,
+}
+
+impl LrUpdate {
+    /// Configs stored before this setting existed were trained with per-step updates.
+    fn stored_default() -> LrUpdate {
+        LrUpdate::Step
+    }
+}
+
+/// The per-channel mean and std the images are normalised with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Normalization {
+    /// The CIFAR demo's constants: mean (0.4914, 0.4822, 0.4465), std (0.2023, 0.1994, 0.2010).
+    Cifar,
+    /// torchvision's ImageNet constants: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+    Imagenet,
+    /// Measured on a sample of the training images (for users' own data).
+    Measured,
+}
+
+impl Normalization {
+    /// The constants, or None where they are measured on the dataset.
+    pub fn constants(self) -> Option<([f64; 3], [f64; 3])> {
+        match self {
+            Normalization::Cifar => Some(([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])),
+            Normalization::Imagenet => Some(([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])),
+            Normalization::Measured => None,
+        }
+    }
+
+    /// (mean, std) for a dataset whose measured statistics are `measured`.
+    pub fn resolve(self, measured: ([f64; 3], [f64; 3])) -> ([f64; 3], [f64; 3]) {
+        self.constants().unwrap_or(measured)
+    }
+
+    /// Configs stored before this setting existed were normalised with measured statistics.
+    fn stored_default() -> Normalization {
+        Normalization::Measured
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -224,6 +299,10 @@ pub struct DatasetConfig {
     pub skip_corrupt: bool,
 }
 
+fn default_true() -> bool {
+    true
+}
+
 fn default_synthetic_train() -> usize {
     5000
 }
@@ -298,10 +377,20 @@ pub struct RunConfig {
     pub base_lr: f64,
     pub lr_base_batch: i64,
     pub lr_schedule: LrSchedule,
+    /// Set the lr once per epoch (the official v1/v2 and CIFAR demo code) or every step.
+    #[serde(default = "LrUpdate::stored_default")]
+    pub lr_update: LrUpdate,
+    /// With per-epoch updates, the number the schedule gives the first epoch: 0 as main_moco.py
+    /// (`range(start_epoch, epochs)`), 1 as the CIFAR demo notebook (`range(1, epochs + 1)`),
+    /// whose last epoch then trains at lr 0 on the cosine.
+    #[serde(default)]
+    pub lr_first_epoch: i64,
     /// Step schedule: where lr is multiplied by `lr_gamma`, as fractions of the run
     /// (v1's epochs 120 and 160 of 200 are 0.6 and 0.8), so changing `epochs` keeps the shape.
     pub lr_milestones: Vec<f64>,
     pub lr_gamma: f64,
+    /// Linear warm-up from 0 over these epochs, then the schedule over the remaining epochs
+    /// (MoCo v3's `adjust_learning_rate`).
     pub warmup_epochs: f64,
     pub sgd_momentum: f64,
     pub weight_decay: f64,
@@ -310,6 +399,9 @@ pub struct RunConfig {
 
     // Data.
     pub augmentation: AugRecipe,
+    /// The mean/std images are normalised with: the official constants, or measured on the data.
+    #[serde(default = "Normalization::stored_default")]
+    pub normalization: Normalization,
     /// Batches prepared ahead of the trainer by the loader thread.
     pub prefetch: usize,
     /// Decode threads of the loader (0 = number of cores).
@@ -329,6 +421,10 @@ pub struct RunConfig {
     pub metrics_every: i64,
     /// Weighted kNN monitor every E epochs (0 = never; always after the last epoch otherwise).
     pub knn_every: i64,
+    /// Also evaluate the untrained encoder, reported as epoch 0: the baseline learning is seen
+    /// against (switch off for very large sets, where one evaluation is costly).
+    #[serde(default = "default_true")]
+    pub knn_baseline: bool,
     pub knn_k: i64,
     pub knn_t: f64,
     pub knn_features: KnnFeatures,
@@ -365,6 +461,8 @@ impl RunConfig {
             base_lr: 0.03,
             lr_base_batch: 256,
             lr_schedule: LrSchedule::Step,
+            lr_update: LrUpdate::Epoch,
+            lr_first_epoch: 0,
             lr_milestones: vec![0.6, 0.8],
             lr_gamma: 0.1,
             warmup_epochs: 0.0,
@@ -372,6 +470,7 @@ impl RunConfig {
             weight_decay: 1e-4,
             wd_exclude_bn_bias: false,
             augmentation: AugRecipe::V1,
+            normalization: Normalization::Imagenet,
             prefetch: 4,
             loader_threads: 0,
             seed: 0,
@@ -380,6 +479,7 @@ impl RunConfig {
             memory_format: MemoryFormat::Auto,
             metrics_every: 10,
             knn_every: 1,
+            knn_baseline: true,
             knn_k: 200,
             knn_t: 0.1,
             knn_features: KnnFeatures::Backbone,
@@ -387,35 +487,60 @@ impl RunConfig {
             checkpoint_every: 10,
             collapse_threshold: 0.95,
         };
+        // The official CIFAR-10 demo (moco_cifar10_demo.ipynb): its arguments as the notebook
+        // sets them, lr set once per epoch, the kNN monitor on the head's output.
+        let cifar = RunConfig {
+            image_size: 32,
+            arch: Arch::Resnet18,
+            stem: Stem::Cifar,
+            temperature: 0.1,
+            momentum: 0.99,
+            queue_size: 4096,
+            batch_size: 512,
+            epochs: 200,
+            base_lr: 0.06,
+            lr_base_batch: 512,
+            lr_schedule: LrSchedule::Cosine,
+            lr_first_epoch: 1,
+            lr_milestones: vec![],
+            weight_decay: 5e-4,
+            augmentation: AugRecipe::Cifar,
+            normalization: Normalization::Cifar,
+            knn_every: 10,
+            knn_features: KnnFeatures::Head,
+            checkpoint_every: 10,
+            ..imagenet.clone()
+        };
         match preset {
             Preset::V1 => imagenet,
             Preset::V2 => RunConfig {
                 head: HeadKind::Mlp,
-                head_hidden: 2048,
+                // The official builder.py: the MLP's hidden width is the backbone's feature width
+                // (`dim_mlp = encoder_q.fc.weight.shape[1]`, 2048 for ResNet-50).
+                head_hidden: 0,
                 temperature: 0.2,
                 lr_schedule: LrSchedule::Cosine,
                 lr_milestones: vec![],
                 augmentation: AugRecipe::V2,
                 ..imagenet
             },
-            Preset::Cifar => RunConfig {
-                image_size: 32,
-                arch: Arch::Resnet18,
-                stem: Stem::Cifar,
-                temperature: 0.1,
-                momentum: 0.99,
-                queue_size: 4096,
-                batch_size: 512,
-                epochs: 200,
+            Preset::Cifar => cifar,
+            // The demo's recipe on a budget two CPU cores train in a few minutes: a narrow
+            // ResNet-18 on the built-in shapes, a queue well below the set's size.
+            Preset::Demo => RunConfig {
+                width: 16,
+                batch_size: 128,
+                queue_size: 1024,
+                epochs: 8,
                 base_lr: 0.06,
-                lr_base_batch: 512,
-                lr_schedule: LrSchedule::Cosine,
-                lr_milestones: vec![],
-                weight_decay: 5e-4,
-                augmentation: AugRecipe::Cifar,
-                knn_every: 10,
-                checkpoint_every: 10,
-                ..imagenet
+                lr_base_batch: 128,
+                // Counted from 0, so the short run's last epoch still learns.
+                lr_first_epoch: 0,
+                knn_every: 2,
+                knn_k: 50,
+                checkpoint_every: 0,
+                metrics_every: 5,
+                ..cifar
             },
         }
     }
@@ -578,6 +703,11 @@ impl RunConfig {
             );
         }
         check!(
+            (0..=1).contains(&self.lr_first_epoch),
+            "lr_first_epoch",
+            format!("must be 0 or 1, got {}", self.lr_first_epoch),
+        );
+        check!(
             self.lr_gamma.is_finite() && self.lr_gamma > 0.0 && self.lr_gamma <= 1.0,
             "lr_gamma",
             format!("must be in (0, 1], got {}", self.lr_gamma),
@@ -730,7 +860,7 @@ impl RunConfig {
                 None => {
                     return Err(vec![FieldError::new(
                         "preset",
-                        format!("unknown preset {s:?}; expected one of v1, v2, cifar"),
+                        format!("unknown preset {s:?}; expected one of {}", Preset::names()),
                     )])
                 }
             },

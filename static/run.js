@@ -281,7 +281,8 @@
     });
     on("evaluation", (e, id) => {
       knn.add("knn_top1", e.epoch, e.knn_top1);
-      addLog(id, "info", "kNN top-1 after epoch " + e.epoch + ": " + Moco.percent(e.knn_top1));
+      const when = e.epoch === 0 ? "of the untrained encoder (epoch 0)" : "after epoch " + e.epoch;
+      addLog(id, "info", "kNN top-1 " + when + ": " + Moco.percent(e.knn_top1));
       redraw();
       refreshSummary();
     });

@@ -56,8 +56,13 @@ fn train_json_prints_every_event_and_the_outcome() {
         .map(|l| l["step"].as_i64().unwrap())
         .collect();
     assert_eq!(metric_steps, vec![2, 4, 6, 8]);
-    let evals = lines.iter().filter(|l| l["type"] == "evaluation").count();
-    assert_eq!(evals, 2);
+    // The untrained encoder first, as epoch 0, then one evaluation per epoch.
+    let evals: Vec<(i64, i64)> = lines
+        .iter()
+        .filter(|l| l["type"] == "evaluation")
+        .map(|l| (l["epoch"].as_i64().unwrap(), l["step"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(evals, vec![(0, 0), (1, 4), (2, 8)]);
     let last = lines.last().unwrap();
     assert_eq!(last["state"], "completed");
     assert_eq!(last["step"], 8);
@@ -141,4 +146,28 @@ fn print_config_shows_the_preset_with_overrides() {
     assert_eq!(cfg["epochs"].as_integer(), Some(7));
     assert_eq!(cfg["head"].as_str(), Some("mlp"));
     assert_eq!(cfg["temperature"].as_float(), Some(0.2));
+}
+
+#[test]
+fn without_a_preset_a_machine_without_a_gpu_starts_from_the_demo() {
+    let out = moco().args(["train", "--print-config"]).output().unwrap();
+    assert!(out.status.success());
+    let cfg: toml::Value = toml::from_str(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let expected = if tch::Cuda::is_available() {
+        "cifar"
+    } else {
+        "demo"
+    };
+    assert_eq!(cfg["preset"].as_str(), Some(expected));
+    // --allow-config-change only means something with --resume.
+    let out = moco()
+        .args(["train", "--allow-config-change", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--resume"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -465,8 +465,8 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
                     .ok()??
                     .parse()
                     .ok()?;
-                // 8 steps (or 2 epochs) per run.
-                (n == if chart == "knn_top1" { 4 } else { 16 }).then_some(())
+                // 8 steps (or the untrained baseline and 2 epochs) per run.
+                (n == if chart == "knn_top1" { 6 } else { 16 }).then_some(())
             },
         )
         .await;

@@ -212,10 +212,40 @@ async fn the_form_validates_keeps_values_and_starts_a_run() {
     }
     assert!(html.contains("<details class=\"advanced card\">"));
     assert!(html.contains("Synthetic shapes (built in)"));
-    // cifar's defaults, the effective lr 0.06 × 512 / 512, the queue rule satisfied.
-    assert!(field_html(&html, "field-f-temperature").contains("value=\"0.1\""));
-    assert!(html.contains(">0.06</output>"));
-    assert!(html.contains("✓ queue_size 4096 = 8 × batch_size = 512."));
+    // Without a GPU the form starts from the CPU demo: its defaults, the effective lr
+    // 0.06 × 128 / 128, the queue rule satisfied, and how long it would take here (5000 / 128 =
+    // 39 steps for each of 8 epochs; kNN untrained and every 2 epochs).
+    if !tch::Cuda::is_available() {
+        assert!(field_html(&html, "field-f-preset").contains("<option value=\"demo\" selected"));
+        assert!(field_html(&html, "field-f-temperature").contains("value=\"0.1\""));
+        assert!(html.contains(">0.06</output>"));
+        assert!(html.contains("✓ queue_size 1024 = 8 × batch_size = 128."));
+        let estimate = html
+            .split("id=\"estimate\" aria-live=\"polite\">")
+            .nth(1)
+            .and_then(|rest| rest.split("</output>").next())
+            .unwrap_or_else(|| panic!("no estimate in the page"));
+        assert!(estimate.starts_with("about "), "{estimate}");
+        assert!(
+            estimate.ends_with("(312 steps, 5 kNN evaluations, on cpu)"),
+            "{estimate}"
+        );
+    }
+    // The script asks for the estimate as the form changes: the same line for the typed values.
+    let res = post_form(&server.at("/runs/new/estimate"), &tiny("estimate")).await;
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.ends_with("(4 steps, 2 kNN evaluations, on cpu)"),
+        "{text}"
+    );
+    let mut bad_estimate = tiny("bad estimate");
+    bad_estimate.retain(|(k, _)| *k != "epochs");
+    bad_estimate.push(("epochs", "two"));
+    let res = post_form(&server.at("/runs/new/estimate"), &bad_estimate).await;
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert!(body["text"].as_str().unwrap().starts_with("—"), "{body}");
 
     // Without JavaScript a preset's defaults come from ?preset=.
     let (_, v1) = get(&server.at("/runs/new?preset=v1")).await;

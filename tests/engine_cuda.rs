@@ -76,6 +76,7 @@ fn tiny_run(device: Device, overrides: serde_json::Value) -> (RunOutcome, Collec
             device,
             stop: StopFlag::new(),
             resume_from: None,
+            allow_config_change: false,
         },
         &mut observer,
     )

@@ -44,8 +44,9 @@ async fn reconnecting_with_last_event_id_gets_every_event_exactly_once() {
     assert!(all.windows(2).all(|w| w[0] < w[1]), "ids increase: {all:?}");
     assert_eq!(all.iter().collect::<BTreeSet<_>>().len(), all.len());
 
-    // What a run reports, in order: queued, running, metrics per step (1..=6), an evaluation
-    // and a full checkpoint per epoch, the encoder export, completed.
+    // What a run reports, in order: queued, running, the untrained encoder's evaluation (epoch
+    // 0), metrics per step (1..=6), an evaluation and a full checkpoint per epoch, the encoder
+    // export, completed.
     let kinds: BTreeSet<&str> = full.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(
         kinds,
@@ -69,7 +70,7 @@ async fn reconnecting_with_last_event_id_gets_every_event_exactly_once() {
         .filter(|e| e.event == "evaluation")
         .map(|e| e.data["epoch"].as_i64().unwrap())
         .collect();
-    assert_eq!(evals, vec![1, 2, 3]);
+    assert_eq!(evals, vec![0, 1, 2, 3]);
     let ckpts: Vec<&SseEvent> = full.iter().filter(|e| e.event == "checkpoint").collect();
     assert!(ckpts.iter().any(|c| c.data["kind"] == "encoder"));
     let listed = server.checkpoints(id).await;

@@ -71,14 +71,21 @@ async fn a_run_completes_and_its_encoder_downloads_intact() {
     let m = server.get_json(&format!("/api/runs/{id}/metrics")).await;
     assert!(m["series"]["queue_fill"].is_array(), "all names by default");
 
-    // One kNN evaluation per epoch.
+    // The untrained encoder as epoch 0, then one kNN evaluation per epoch; the run's best and
+    // last kNN are of the trained encoder.
     let evals = server
         .get_json(&format!("/api/runs/{id}/evaluations"))
         .await;
     let evals = evals["evaluations"].as_array().unwrap();
     let epochs: Vec<i64> = evals.iter().map(|e| e["epoch"].as_i64().unwrap()).collect();
-    assert_eq!(epochs, vec![1, 2]);
-    assert_eq!(evals[1]["knn_top1"].as_f64().unwrap(), knn);
+    assert_eq!(epochs, vec![0, 1, 2]);
+    assert_eq!(evals[0]["step"], 0);
+    assert_eq!(evals[2]["knn_top1"].as_f64().unwrap(), knn);
+    let trained_best = evals[1..]
+        .iter()
+        .map(|e| e["knn_top1"].as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    assert_eq!(run["best_knn"].as_f64().unwrap(), trained_best);
 
     // The encoder export downloads byte for byte, with a clean name and its length.
     let ckpts = server.checkpoints(id).await;
@@ -238,9 +245,47 @@ async fn reference_endpoints_describe_the_server() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["v1", "v2", "cifar"]);
+    assert_eq!(names, vec!["v1", "v2", "cifar", "demo"]);
     assert_eq!(presets["presets"][1]["config"]["head"], "mlp");
     assert_eq!(presets["presets"][2]["config"]["queue_size"], 4096);
+    // v2's MLP is as wide as the backbone's features (2048 for ResNet-50); the CIFAR demo's kNN
+    // reads the head, sets its lr per epoch counted from 1 and normalises with its constants.
+    assert_eq!(presets["presets"][1]["config"]["head_hidden"], 0);
+    let cifar = &presets["presets"][2]["config"];
+    assert_eq!(cifar["knn_features"], "head");
+    assert_eq!(cifar["lr_update"], "epoch");
+    assert_eq!(cifar["lr_first_epoch"], 1);
+    assert_eq!(cifar["normalization"], "cifar");
+
+    // How long a run would take, before it is stored: the demo on the synthetic set is
+    // 5000 / 128 = 39 steps for each of 8 epochs, with the untrained encoder and every second
+    // epoch evaluated.
+    let runs_before = server.run_count().await;
+    let (status, estimate) = server
+        .post("/api/estimate", &json!({"preset": "demo", "device": "cpu"}))
+        .await;
+    assert_eq!(status, 200, "{estimate}");
+    assert_eq!(estimate["steps_per_epoch"], 39);
+    assert_eq!(estimate["total_steps"], 312);
+    assert_eq!(estimate["evaluations"], 5);
+    assert_eq!(estimate["train_images"], 5000);
+    assert_eq!(estimate["device"], "cpu");
+    assert!(estimate["seconds"].as_f64().unwrap() > 0.0);
+    assert!(estimate["text"].as_str().unwrap().starts_with("about "));
+    let (status, refused) = server
+        .post("/api/estimate", &json!({"preset": "demo", "epochs": 0}))
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(refused["errors"][0]["field"], "epochs");
+    let (status, refused) = server
+        .post(
+            "/api/estimate",
+            &json!({"dataset": {"kind": "cifar10", "path": "nowhere"}}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(refused["errors"][0]["field"], "dataset.path");
+    assert_eq!(server.run_count().await, runs_before);
 
     let health = server.get_json("/api/health").await;
     assert_eq!(health["status"], "ok");

@@ -243,7 +243,10 @@ impl Recorder {
                 features,
             } => {
                 db::evaluations::insert(conn, run_id, *epoch, *step, *knn_top1, features).await?;
-                db::runs::set_knn(conn, run_id, *knn_top1).await?;
+                // Epoch 0 is the untrained baseline: the run's best and last kNN are of training.
+                if *epoch > 0 {
+                    db::runs::set_knn(conn, run_id, *knn_top1).await?;
+                }
                 let data = json!({"epoch": epoch, "step": step, "knn_top1": knn_top1, "features": features});
                 written
                     .events

@@ -505,6 +505,8 @@ impl Scheduler {
                 device,
                 stop,
                 resume_from: resume_from.map(|(path, _)| path),
+                // A run resumes with the config it was stored with.
+                allow_config_change: false,
             },
             observer: ChannelObserver::new(id, tx),
         };

@@ -117,7 +117,8 @@ pub enum TrainEvent {
         parameters: i64,
     },
     Metrics(MetricRecord),
-    /// Weighted kNN top-1 (percent) on the held-out split after `epoch` (1-based: epochs done).
+    /// Weighted kNN top-1 (percent) on the held-out split after `epoch` epochs (0: the untrained
+    /// encoder, the baseline).
     Evaluation {
         epoch: i64,
         step: i64,

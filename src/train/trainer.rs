@@ -11,8 +11,6 @@ use crate::data::{Augmenter, Dataset, DatasetSplits, Loader, LoaderOptions};
 use crate::moco::model::{scalar_zero, MocoModel};
 use crate::torch_ext::{self, AutocastGuard, ReducedPrecision};
 use anyhow::{anyhow, bail, Context};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +28,10 @@ pub struct TrainRequest {
     pub stop: StopFlag,
     /// A full checkpoint to continue from.
     pub resume_from: Option<PathBuf>,
+    /// Resume even where the config changes the run's trajectory (schedule, loss, augmentation,
+    /// seed…): the user asked for it explicitly. Settings that change the state's shape are
+    /// refused all the same.
+    pub allow_config_change: bool,
 }
 
 /// Loss and logit statistics summed on the device between two metric reads.
@@ -85,6 +87,7 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let precision = reduced_precision(cfg.precision, device)?;
+    let (mean, std) = cfg.normalization.resolve((splits.mean, splits.std));
     let mut model = MocoModel::seeded(cfg, device, cfg.seed);
     let mut optimizer = FlatSgd::new(
         &model.query.store,
@@ -102,13 +105,13 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         queue_ptr: 0,
         best_knn: None,
         last_knn: None,
-        mean: splits.mean,
-        std: splits.std,
+        mean,
+        std,
         config: cfg.clone(),
     };
     if let Some(path) = &req.resume_from {
         let ckpt = checkpoint::load_full(path, device)?;
-        check_resumable(&ckpt.state.config, cfg)?;
+        check_resumable(&ckpt.state.config, cfg, req.allow_config_change)?;
         ckpt.restore(&mut model)?;
         optimizer.load_state(&ckpt.tensors)?;
         state = TrainingState {
@@ -127,7 +130,8 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
     }
 
     let schedule = Schedule::new(cfg, steps_per_epoch);
-    let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, splits.mean, splits.std);
+    // A resumed run keeps the normalisation it was trained with.
+    let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, state.mean, state.std);
     observer.on_event(TrainEvent::Started {
         device: device_name(device),
         start_step: state.step,
@@ -175,6 +179,14 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
     } else {
         cfg.loader_threads
     };
+    let evaluate = |model: &MocoModel| {
+        knn_monitor(model, &splits, &augmenter, cfg, device, threads, precision)
+    };
+    if state.step == 0 && cfg.knn_every > 0 && cfg.knn_baseline {
+        // The untrained encoder, reported as epoch 0: what the trained ones are measured against.
+        let top1 = evaluate(&model)?;
+        observer.on_event(evaluation_event(cfg, &state, top1));
+    }
     let mut acc = Accumulator::new(device);
     let mut watch = FailureWatch::default();
     while state.epoch < cfg.epochs {
@@ -208,19 +220,21 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
                 .context("cannot load a batch")?;
             acc.data_wait += wait_start.elapsed();
 
-            let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
-            rng.set_stream(state.step as u64);
-            let (x1, x2) = augmenter.two_views(&batch.images, &mut rng);
             let lr = schedule.lr(state.step);
             let m = schedule.momentum(state.step);
-            let out = {
-                let _autocast = autocast(device, precision)?;
-                model.forward_step(&x1, &x2, m, &mut rng)
-            };
-            model.query.store.zero_grad();
-            optimizer.backward(&out.loss);
-            optimizer.step(&model.query.store, lr);
-            model.queue.enqueue(&out.keys, state.step + 1);
+            let out = train_step(
+                &mut model,
+                &mut optimizer,
+                &augmenter,
+                &batch.images,
+                StepParams {
+                    seed: cfg.seed,
+                    step: state.step,
+                    lr,
+                    momentum: m,
+                    precision,
+                },
+            )?;
 
             {
                 let _guard = tch::no_grad_guard();
@@ -263,18 +277,10 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         let last_epoch = state.epoch == cfg.epochs;
 
         if cfg.knn_every > 0 && (state.epoch % cfg.knn_every == 0 || last_epoch) {
-            let top1 = knn_monitor(&model, &splits, &augmenter, cfg, device, threads, precision)?;
+            let top1 = evaluate(&model)?;
             state.last_knn = Some(top1);
             state.best_knn = Some(state.best_knn.map_or(top1, |b| b.max(top1)));
-            observer.on_event(TrainEvent::Evaluation {
-                epoch: state.epoch,
-                step: state.step,
-                knn_top1: top1,
-                features: match cfg.knn_features {
-                    KnnFeatures::Backbone => "backbone".into(),
-                    KnnFeatures::Head => "head".into(),
-                },
-            });
+            observer.on_event(evaluation_event(cfg, &state, top1));
         }
         let periodic = cfg.checkpoint_every > 0 && state.epoch % cfg.checkpoint_every == 0;
         if periodic || last_epoch {
@@ -293,6 +299,51 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         step: state.step,
         final_knn_top1: state.last_knn,
     })
+}
+
+/// What one training step needs besides the model, the optimizer and the batch.
+pub struct StepParams {
+    pub seed: u64,
+    /// The global step about to be taken (0-based): it picks the step's random stream.
+    pub step: i64,
+    pub lr: f64,
+    pub momentum: f64,
+    pub precision: Option<ReducedPrecision>,
+}
+
+/// One MoCo training step on a batch of uint8 images: the two views, the forward passes and the
+/// momentum update (under the run's autocast), backward, the optimizer step, and the new keys
+/// enqueued. Returns the step's output for the metrics.
+pub fn train_step(
+    model: &mut MocoModel,
+    optimizer: &mut FlatSgd,
+    augmenter: &Augmenter,
+    images: &Tensor,
+    params: StepParams,
+) -> anyhow::Result<crate::moco::model::StepOutput> {
+    let mut rng = crate::rng::stream(params.seed, crate::rng::Purpose::Step, params.step as u64);
+    let (x1, x2) = augmenter.two_views(images, &mut rng);
+    let out = {
+        let _autocast = autocast(images.device(), params.precision)?;
+        model.forward_step(&x1, &x2, params.momentum, &mut rng)
+    };
+    model.query.store.zero_grad();
+    optimizer.backward(&out.loss);
+    optimizer.step(&model.query.store, params.lr);
+    model.queue.enqueue(&out.keys, params.step + 1);
+    Ok(out)
+}
+
+fn evaluation_event(cfg: &RunConfig, state: &TrainingState, knn_top1: f64) -> TrainEvent {
+    TrainEvent::Evaluation {
+        epoch: state.epoch,
+        step: state.step,
+        knn_top1,
+        features: match cfg.knn_features {
+            KnnFeatures::Backbone => "backbone".into(),
+            KnnFeatures::Head => "head".into(),
+        },
+    }
 }
 
 /// Saves a full checkpoint (and the encoder so far) and reports how the run stopped.
@@ -357,27 +408,79 @@ fn encoder_metadata(state: &TrainingState) -> EncoderMetadata {
     }
 }
 
-/// A resume must continue the same model and queue; only settings that do not change the state's
-/// shape or meaning may differ (epochs may grow, the device and monitoring may change).
-fn check_resumable(saved: &RunConfig, now: &RunConfig) -> anyhow::Result<()> {
-    let shape = |c: &RunConfig| {
-        (
-            c.arch,
-            c.stem,
-            c.width,
-            c.head,
-            c.head_hidden_dim(),
-            c.dim,
-            c.queue_size,
-            c.batch_size,
-            c.symmetric,
-            c.dataset.clone(),
-        )
+/// Settings that give the saved state its shape and meaning: a resume with any other value is
+/// refused.
+const STATE_SHAPE_FIELDS: &[&str] = &[
+    "arch",
+    "stem",
+    "width",
+    "head",
+    "dim",
+    "queue_size",
+    "batch_size",
+    "symmetric",
+    "dataset",
+];
+
+/// Settings that change where the run goes from the saved state: a resume with another value
+/// would not continue the run that was started, so it is refused unless the user asks for it.
+const TRAJECTORY_FIELDS: &[&str] = &[
+    "epochs",
+    "base_lr",
+    "lr_base_batch",
+    "lr_schedule",
+    "lr_update",
+    "lr_first_epoch",
+    "lr_milestones",
+    "lr_gamma",
+    "warmup_epochs",
+    "sgd_momentum",
+    "weight_decay",
+    "wd_exclude_bn_bias",
+    "temperature",
+    "momentum",
+    "momentum_schedule",
+    "shuffle_bn_splits",
+    "image_size",
+    "augmentation",
+    "normalization",
+    "seed",
+];
+
+/// A resume must continue the same model and queue, and, unless `allow_change`, the same
+/// trajectory. Device, precision, monitoring and checkpoint settings may always change.
+fn check_resumable(saved: &RunConfig, now: &RunConfig, allow_change: bool) -> anyhow::Result<()> {
+    let saved_json = serde_json::to_value(saved)?;
+    let now_json = serde_json::to_value(now)?;
+    let changed = |fields: &[&'static str]| -> Vec<String> {
+        fields
+            .iter()
+            .filter(|f| saved_json.get(**f) != now_json.get(**f))
+            .map(|f| format!("{f} ({} → {})", saved_json[*f], now_json[*f]))
+            .collect()
     };
-    if shape(saved) != shape(now) {
+    let mut shape = changed(STATE_SHAPE_FIELDS);
+    if saved.head_hidden_dim() != now.head_hidden_dim() {
+        shape.push(format!(
+            "head_hidden ({} → {})",
+            saved.head_hidden_dim(),
+            now.head_hidden_dim()
+        ));
+    }
+    if !shape.is_empty() {
         bail!(
-            "the checkpoint was trained with a different model, queue, batch size or dataset \
-             than this config; resume with the config it was saved with"
+            "cannot resume: the checkpoint's model, queue or data differ from this config: {}. \
+             Resume with the config it was saved with",
+            shape.join(", ")
+        );
+    }
+    let trajectory = changed(TRAJECTORY_FIELDS);
+    if !trajectory.is_empty() && !allow_change {
+        bail!(
+            "cannot resume: this config changes the run's trajectory: {}. Resume with the \
+             config the checkpoint was saved with, or pass --allow-config-change to continue \
+             with the new values",
+            trajectory.join(", ")
         );
     }
     Ok(())
@@ -658,15 +761,6 @@ fn knn_monitor(
         cfg.knn_k,
         cfg.knn_t,
     ))
-}
-
-/// kNN top-1 of a freshly initialised (untrained) encoder for `cfg`: the baseline a trained one
-/// must beat.
-pub fn random_init_knn(cfg: &RunConfig, data_dir: &Path, device: Device) -> anyhow::Result<f64> {
-    let splits = crate::data::open_splits(&cfg.dataset, data_dir)?;
-    let model = MocoModel::seeded(cfg, device, cfg.seed);
-    let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, splits.mean, splits.std);
-    knn_monitor(&model, &splits, &augmenter, cfg, device, 2, None)
 }
 
 /// Turns a full checkpoint into an encoder export at `out` (`moco-server export`).

@@ -160,13 +160,14 @@ pub fn log_line(kind: &str, data: &Value, last_state: &mut String) -> Option<(St
         }
         "evaluation" => {
             let knn = data.get("knn_top1").and_then(Value::as_f64);
+            // The same sentence as static/run.js writes for live events.
+            let when = match int("epoch") {
+                0 => "of the untrained encoder (epoch 0)".to_string(),
+                epoch => format!("after epoch {epoch}"),
+            };
             (
                 "info".to_string(),
-                format!(
-                    "kNN top-1 after epoch {}: {}",
-                    int("epoch"),
-                    super::format::opt_percent(knn)
-                ),
+                format!("kNN top-1 {when}: {}", super::format::opt_percent(knn)),
             )
         }
         "checkpoint" => {

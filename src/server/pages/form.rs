@@ -185,6 +185,20 @@ pub const SECTIONS: &[Section] = &[
                 "",
             ),
             spec(
+                "lr_update",
+                "lr set every",
+                Kind::Choice(&["epoch", "step"]),
+                "epoch: as the official v1/v2 code and the CIFAR demo; step: as MoCo v3. A \
+                 warm-up always ramps per step.",
+            ),
+            spec(
+                "lr_first_epoch",
+                "First epoch's number",
+                Kind::Int,
+                "Per-epoch lr: 0 as main_moco.py, 1 as the CIFAR demo notebook (its last epoch \
+                 then trains at lr 0).",
+            ),
+            spec(
                 "lr_milestones",
                 "lr milestones",
                 Kind::FloatList,
@@ -201,7 +215,7 @@ pub const SECTIONS: &[Section] = &[
                 "warmup_epochs",
                 "Warm-up epochs",
                 Kind::Float,
-                "Linear warm-up.",
+                "Linear from 0, then the schedule over the remaining epochs.",
             ),
             spec("sgd_momentum", "SGD momentum", Kind::Float, ""),
             spec("weight_decay", "Weight decay", Kind::Float, ""),
@@ -221,6 +235,13 @@ pub const SECTIONS: &[Section] = &[
                 "Augmentation recipe",
                 Kind::Choice(&["v1", "v2", "cifar", "v3"]),
                 "The run page shows a preview of the views.",
+            ),
+            spec(
+                "normalization",
+                "Normalisation",
+                Kind::Choice(&["cifar", "imagenet", "measured"]),
+                "The official mean/std constants of CIFAR or ImageNet, or measured on the training \
+                 images (for your own data).",
             ),
             spec(
                 "dataset.synthetic_train",
@@ -306,6 +327,13 @@ pub const SECTIONS: &[Section] = &[
                 "kNN every E epochs",
                 Kind::Int,
                 "0 = never; always after the last epoch otherwise.",
+            ),
+            spec(
+                "knn_baseline",
+                "kNN of the untrained encoder",
+                Kind::Bool,
+                "Evaluated before training and shown as epoch 0, the baseline; switch off for very \
+                 large sets.",
             ),
             spec("knn_k", "kNN k", Kind::Int, ""),
             spec("knn_t", "kNN temperature", Kind::Float, ""),
