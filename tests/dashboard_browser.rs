@@ -214,7 +214,8 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         (n == 8).then_some(())
     })
     .await;
-    b.wait_until("2 kNN points", Duration::from_secs(30), || async {
+    // The untrained encoder (epoch 0), then one point per epoch.
+    b.wait_until("3 kNN points", Duration::from_secs(30), || async {
         let n: usize = b
             .client
             .find(Locator::Id("chart-knn"))
@@ -225,7 +226,7 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
             .ok()??
             .parse()
             .ok()?;
-        (n == 2).then_some(())
+        (n == 3).then_some(())
     })
     .await;
     let progress = b.text("#run-progress .progress-text").await;

@@ -773,3 +773,61 @@ pub fn export_from_checkpoint(
     ckpt.restore(&mut model)?;
     checkpoint::export_encoder(out, &model, &encoder_metadata(&ckpt.state))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    fn record(similarity: f64, pos: f64, neg: f64, fill: f64) -> BTreeMap<String, f64> {
+        [
+            (metric::LOSS, 5.0),
+            (metric::QUEUE_SIMILARITY, similarity),
+            (metric::POS_LOGIT, pos),
+            (metric::NEG_LOGIT, neg),
+            (metric::QUEUE_FILL, fill),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    #[test]
+    fn two_collapsed_records_in_a_row_fail_the_run_with_the_momentum_named() {
+        let cfg = RunConfig {
+            momentum: 0.0,
+            ..RunConfig::preset(Preset::Demo)
+        };
+        let collapsed = record(0.97, 0.50, 0.49, 1.0);
+        let mut watch = FailureWatch::default();
+        assert_eq!(watch.check(&collapsed, &cfg, 10), None);
+        // A healthy record in between starts the count again.
+        assert_eq!(watch.check(&record(0.70, 0.6, 0.3, 1.0), &cfg, 20), None);
+        assert_eq!(watch.check(&collapsed, &cfg, 30), None);
+        let reason = watch.check(&collapsed, &cfg, 40).expect("collapsed twice");
+        assert!(reason.contains("at step 40"), "{reason}");
+        assert!(reason.contains("m = 0"), "{reason}");
+        // A queue not yet full of real keys is not judged; a high momentum gets another hint.
+        let mut watch = FailureWatch::default();
+        let filling = record(0.97, 0.50, 0.49, 0.5);
+        assert_eq!(watch.check(&filling, &cfg, 10), None);
+        assert_eq!(watch.check(&filling, &cfg, 20), None);
+        let steady = RunConfig::preset(Preset::Demo);
+        let mut watch = FailureWatch::default();
+        watch.check(&collapsed, &steady, 10);
+        let reason = watch.check(&collapsed, &steady, 20).unwrap();
+        assert!(reason.contains("higher momentum"), "{reason}");
+    }
+
+    #[test]
+    fn a_non_finite_loss_fails_at_once() {
+        let cfg = RunConfig::preset(Preset::Demo);
+        let mut values = record(0.5, 0.6, 0.3, 1.0);
+        values.insert(metric::LOSS.into(), f64::NAN);
+        let reason = FailureWatch::default().check(&values, &cfg, 7).unwrap();
+        assert!(
+            reason.contains("diverged") && reason.contains("step 7"),
+            "{reason}"
+        );
+    }
+}
