@@ -106,6 +106,7 @@ fn compare_one_step(overrides: Value) {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    eprintln!("reference check: {report}");
     assert_eq!(report["ok"], true, "{report}");
     // Every parameter and buffer of both encoders, plus the queue, was compared.
     assert!(

@@ -225,9 +225,11 @@ def check(a_path, b_path, c_path):
     report.update({"max_diff": diff, "max_diff_tensor": name, "tensors_compared": len(worst)})
     loss_diff = max(abs(a - b) for a, b in zip(losses, engine_losses))
     # fp32 kernels sum in different orders (oneDNN picks its blocking by load and threads): three
-    # steps at a loss near 10 leave differences up to about 1.2e-4 in a weight; a wrong formula
-    # shows at the 1e-3 level (one step of lr × gradient).
-    ok = diff < 2e-4 and loss_diff < 1e-4 and len(losses) == len(engine_losses)
+    # steps at a loss near 10 leave differences in a weight that, over 15 runs of the three
+    # tests (alone and under the full test suite), ranged from 5.7e-7 to 2.0e-4. The bound is 3×
+    # the largest; a wrong formula shows at the 1e-3 level (one step of lr × gradient), and the
+    # losses, which agree to 3e-6, are held to 1e-4.
+    ok = diff < 6e-4 and loss_diff < 1e-4 and len(losses) == len(engine_losses)
     report["ok"] = ok
     print(json.dumps(report))
     return 0 if ok else 1
