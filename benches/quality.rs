@@ -41,6 +41,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+#[path = "support/python.rs"]
+mod python_support;
+use python_support::python;
+
 /// The goals: kNN mean at least PyTorch's minus this many points …
 const KNN_MARGIN_PT: f64 = 0.5;
 /// … in at most this share of PyTorch's wall time.
@@ -146,20 +150,6 @@ fn parse_options() -> Options {
 /// Scratch space of the bench: synthetic export, smoke-run subsets, engine run directories.
 fn work_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("quality-bench")
-}
-
-/// $MOCO_BENCH_PYTHON, else the project's venv, else the machine's python3 (which must have torch
-/// and torchvision).
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOCO_BENCH_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
-    }
 }
 
 /// benches/py/quality_reference.py of this checkout, or $MOCO_BENCH_ROOT/py/… where the bench was

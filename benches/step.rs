@@ -21,6 +21,10 @@ use std::process::Command;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+#[path = "support/python.rs"]
+mod python_support;
+use python_support::python;
+
 /// Set in the child process that times the engine: "width batch steps device".
 const CHILD_ENV: &str = "MOCO_BENCH_ENGINE_STEP";
 
@@ -40,20 +44,6 @@ fn reference_script() -> PathBuf {
     match std::env::var_os("MOCO_BENCH_ROOT") {
         Some(root) => Path::new(&root).join("py/moco_reference.py"),
         None => Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/py/moco_reference.py"),
-    }
-}
-
-/// $MOCO_BENCH_PYTHON, else the project's venv, else the machine's python3 (which must have
-/// torch 2.11).
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("MOCO_BENCH_PYTHON") {
-        return p.into();
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        "python3".into()
     }
 }
 

@@ -43,10 +43,7 @@ pub async fn for_config(state: &AppState, doc: &Value) -> Result<RunEstimate, Ve
     })
     .await
     .map_err(|_| vec![FieldError::new("", "the run could not be estimated")])?;
-    let device = match device {
-        tch::Device::Cuda(i) => format!("cuda:{i}"),
-        _ => "cpu".to_string(),
-    };
+    let device = crate::train::trainer::device_name(device);
     let text = format!(
         "{} ({} steps, {} kNN evaluation{}, on {device})",
         estimate.duration_text(),

@@ -523,7 +523,8 @@ fn autocast(
     precision.map(|p| AutocastGuard::new(device, p)).transpose()
 }
 
-fn device_name(device: Device) -> String {
+/// "cpu" or "cuda:N": how runs, logs and estimates name a device.
+pub fn device_name(device: Device) -> String {
     match device {
         Device::Cpu => "cpu".into(),
         Device::Cuda(i) => format!("cuda:{i}"),
