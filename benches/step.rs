@@ -11,8 +11,8 @@
 use moco_server::config::{Precision, Preset, RunConfig};
 use moco_server::moco::model::MocoModel;
 use moco_server::torch_ext::{AutocastGuard, DeviceProfile, ReducedPrecision};
+use moco_server::train::device::{precision_label, reduced_precision};
 use moco_server::train::optim::FlatSgd;
-use moco_server::train::trainer::{precision_label, reduced_precision};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;

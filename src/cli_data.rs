@@ -1,5 +1,6 @@
 //! Dataset commands: `data fetch`, `data inspect` and `augment-preview`.
 use crate::config::AugRecipe;
+use crate::config::Choice;
 use crate::data::{self, fetch};
 use anyhow::Context;
 use clap::{Args, Subcommand};

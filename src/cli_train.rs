@@ -1,5 +1,6 @@
 //! `moco-server train` and `moco-server export`: the engine headless, with a progress bar or
 //! JSON lines, Ctrl-C saving a checkpoint.
+use crate::config::Choice;
 use crate::config::{describe_errors, DeviceChoice, Preset, RunConfig};
 use crate::train::events::{metric, LogLevel, Observer, RunOutcome, TrainEvent};
 use crate::train::stop::StopFlag;
@@ -14,7 +15,7 @@ use std::process::ExitCode;
 pub struct TrainArgs {
     /// Starting point: v1, v2, cifar or demo (default: cifar on a machine with a GPU, demo
     /// otherwise).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Preset::ALL.map(Preset::name)))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Preset::names()))]
     pub preset: Option<String>,
     /// A TOML file with settings (any subset of the run config; `moco-server train --print-config`
     /// shows every field).
@@ -198,7 +199,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     if args.out.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         bail!("--out: the encoder file must end in .safetensors");
     }
-    let info = crate::train::trainer::export_from_checkpoint(&args.checkpoint, &args.out)?;
+    let info = crate::train::checkpoint::export_from_checkpoint(&args.checkpoint, &args.out)?;
     println!(
         "wrote {} ({} bytes, sha256 {}) from epoch {}, step {}",
         info.path.display(),

@@ -66,14 +66,14 @@ pub fn report() -> String {
             "not available"
         }
     );
-    let precision = crate::train::trainer::reduced_precision(
+    let precision = crate::train::device::reduced_precision(
         crate::config::Precision::Auto,
         tch::Device::cuda_if_available(),
     );
     let _ = writeln!(
         s,
         "precision   {} (what precision = auto uses here)",
-        precision.map_or("unknown", crate::train::trainer::precision_label)
+        precision.map_or("unknown", crate::train::device::precision_label)
     );
     let _ = writeln!(s, "threads     {} (intra-op)", tch::get_num_threads());
     let _ = writeln!(

@@ -53,6 +53,12 @@ enum Command {
     Data(moco_server::cli_data::DataArgs),
     /// Write a PNG grid of augmented views (original | view 1 | view 2).
     AugmentPreview(moco_server::cli_data::AugmentPreviewArgs),
+    /// List every run setting: section, type, range, each preset's default and meaning (a
+    /// Markdown table, as in the README), or the JSON schema with --json.
+    Settings {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -91,6 +97,7 @@ fn main() -> ExitCode {
         Command::Export(args) => moco_server::cli_train::export(args),
         Command::Data(args) => moco_server::cli_data::data(args),
         Command::AugmentPreview(args) => moco_server::cli_data::augment_preview(args),
+        Command::Settings { json } => settings(json),
     };
     match result {
         Ok(code) => code,
@@ -147,6 +154,19 @@ async fn stop_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+fn settings(json: bool) -> anyhow::Result<ExitCode> {
+    use moco_server::config::settings;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&settings::openapi_schemas())?
+        );
+    } else {
+        print!("{}", settings::markdown_table());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn doctor() -> anyhow::Result<ExitCode> {

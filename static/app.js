@@ -3,8 +3,10 @@
 "use strict";
 
 const Moco = (() => {
-  const STATES = ["queued", "running", "completed", "failed", "cancelled", "interrupted"];
-  const ACTIVE = new Set(["queued", "running"]);
+  // The run states and which of them are still moving, as the server defines them.
+  const RUN_STATES = embedded("run-states") || { all: [], active: [] };
+  const STATES = RUN_STATES.all;
+  const ACTIVE = new Set(RUN_STATES.active);
 
   function isNum(v) {
     return typeof v === "number" && Number.isFinite(v);

@@ -10,7 +10,7 @@
   const info = Moco.embedded("run-data") || {};
   const resumable = new Set(info.resumable_states || []);
   const cancellable = new Set(info.cancellable_states || []);
-  const TERMINAL = new Set(["completed", "failed", "cancelled", "interrupted"]);
+  const TERMINAL = new Set(Moco.STATES.filter((s) => !Moco.ACTIVE.has(s)));
   const METRICS = [
     "loss", "lr", "momentum", "top1", "pos_logit", "neg_logit", "neg_logit_max", "queue_fill", "queue_ptr",
     "key_age_mean", "key_age_max", "queue_similarity", "drift", "images_per_sec", "data_wait_ms",

@@ -4,10 +4,11 @@
 //! compared byte for byte with the file on disk; a bad form comes back with the error beside its
 //! field. A dataset is downloaded from the Datasets page (from a local mirror) with its bar
 //! followed to 100 %. Screenshots are kept under target/test-artifacts/.
-mod dashboard_support;
+mod common;
 mod mirror_support;
 
-use dashboard_support::{Browser, Server};
+use common::browser::Browser;
+use common::Server;
 use fantoccini::Locator;
 use std::time::Duration;
 
@@ -129,8 +130,11 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         .unwrap();
     fill(&b, TINY_RUN).await;
     // The derived values follow the inputs: 0.06 × 32 / 512, and K = 8 × 32.
-    assert_eq!(b.text("#effective-lr").await, "0.00375");
-    let rule = b.text("#queue-rule").await;
+    // (Both come from the server a moment after the last keystroke.)
+    b.wait_text("#effective-lr", |t| t == "0.00375").await;
+    let rule = b
+        .wait_text("#queue-rule", |t| t.contains("queue_size 256"))
+        .await;
     assert!(
         rule.starts_with("✓ queue_size 256 = 8 × batch_size = 32"),
         "{rule}"
@@ -325,9 +329,11 @@ async fn a_tiny_run_from_the_form_to_the_downloaded_encoder() {
         ],
     )
     .await;
-    let rule = b.text("#queue-rule").await;
+    let rule = b
+        .wait_text("#queue-rule", |t| t.contains("queue_size 1000"))
+        .await;
     assert!(
-        rule.starts_with("✗ queue_size 1000 is not a multiple"),
+        rule.starts_with("✗ queue_size 1000 must be a multiple"),
         "{rule}"
     );
     b.client
@@ -561,7 +567,7 @@ async fn a_dataset_downloaded_from_the_page_joins_the_table_and_the_picker() {
     let mirror = mirror_support::serve_slowly(archive, 30, Duration::from_millis(150));
     let tmp = tempfile::tempdir().unwrap();
     let url = mirror.url();
-    let server = Server::start_with_env(
+    let server = Server::start_with(
         &tmp.path().join("data"),
         &[],
         &[

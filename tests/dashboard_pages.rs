@@ -1,12 +1,11 @@
 //! The dashboard's pages over plain HTTP (no browser, no JavaScript): the real server on
 //! 127.0.0.1:0 with a fresh data directory. Lists, forms, errors and tables are server-rendered, so
 //! everything here is what a user without JavaScript gets.
-mod dashboard_support;
+mod common;
 
-use dashboard_support::Server;
+use common::Server;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
-use std::time::{Duration, Instant};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -72,60 +71,6 @@ fn attrs(html: &str, tag: &str, attr: &str) -> Vec<String> {
         }
     }
     out
-}
-
-async fn run_json(server: &Server, id: i64) -> serde_json::Value {
-    client()
-        .get(server.at(&format!("/api/runs/{id}")))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["run"]
-        .clone()
-}
-
-async fn wait_for_state(server: &Server, id: i64, wanted: &[&str]) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let run = run_json(server, id).await;
-        let state = run["state"].as_str().unwrap().to_string();
-        if wanted.contains(&state.as_str()) {
-            return run;
-        }
-        assert_ne!(state, "failed", "run {id} failed: {}", run["error"]);
-        assert!(
-            Instant::now() < deadline,
-            "run {id} stayed {state}, waiting for {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until run `id` has finished, whichever way.
-async fn wait_for_state_or_failure(server: &Server, id: i64) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let run = run_json(server, id).await;
-        if !["queued", "running"].contains(&run["state"].as_str().unwrap()) {
-            return run;
-        }
-        assert!(Instant::now() < deadline, "run {id} never finished");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn count_runs(server: &Server) -> usize {
-    let body: serde_json::Value = client()
-        .get(server.at("/api/runs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["runs"].as_array().unwrap().len()
 }
 
 #[tokio::test]
@@ -288,7 +233,7 @@ async fn the_form_validates_keeps_values_and_starts_a_run() {
         html.contains("href=\"#f-queue_size\""),
         "summary links to the field"
     );
-    assert_eq!(count_runs(&server).await, 0);
+    assert_eq!(server.run_count().await, 0);
 
     // A dataset path outside the data directory is refused by the server, next to the picker.
     let mut outside = tiny("outside");
@@ -300,7 +245,7 @@ async fn the_form_validates_keeps_values_and_starts_a_run() {
     let picker = field_html(&html, "field-f-dataset");
     assert!(picker.contains("class=\"error\""), "{picker}");
     assert!(picker.contains("data directory"), "{picker}");
-    assert_eq!(count_runs(&server).await, 0);
+    assert_eq!(server.run_count().await, 0);
 
     // A good form: 303 to the new run's page.
     let res = post_form(&server.at("/runs/new"), &tiny("tiny-http")).await;
@@ -312,7 +257,7 @@ async fn the_form_validates_keeps_values_and_starts_a_run() {
     assert!(page.contains("tiny-http"));
     assert!(page.contains("/api/runs/1/events") || page.contains("data-run-id=\"1\""));
 
-    let run = wait_for_state(&server, 1, &["completed"]).await;
+    let run = server.wait_state_fail_fast(1, &["completed"]).await;
     assert_eq!(run["step"], 4);
     let (_, page) = get(&server.at("/runs/1")).await;
     assert!(
@@ -395,8 +340,8 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
         let res = post_form(&server.at("/runs/new"), &form).await;
         assert_eq!(res.status(), StatusCode::SEE_OTHER, "{name}");
     }
-    wait_for_state(&server, 1, &["completed"]).await;
-    wait_for_state(&server, 2, &["completed"]).await;
+    server.wait_state_fail_fast(1, &["completed"]).await;
+    server.wait_state_fail_fast(2, &["completed"]).await;
 
     let (status, list) = get(&server.at("/")).await;
     assert_eq!(status, 200);
@@ -462,7 +407,7 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
     let res = post_form(&server.at("/runs/new"), &broken).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()["location"], "/runs/3");
-    let failed = wait_for_state_or_failure(&server, 3).await;
+    let failed = server.wait_finished(3).await;
     assert_eq!(failed["state"], "failed");
     let error = failed["error"].as_str().unwrap().to_string();
     assert!(!error.is_empty());
@@ -500,7 +445,7 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
     long.push(("epochs", "500"));
     let res = post_form(&server.at("/runs/new"), &long).await;
     assert_eq!(res.headers()["location"], "/runs/4");
-    wait_for_state(&server, 4, &["running"]).await;
+    server.wait_state_fail_fast(4, &["running"]).await;
     let (_, page) = get(&server.at("/runs/4")).await;
     assert!(
         !page.contains("id=\"cancel-form\" hidden"),
@@ -509,7 +454,7 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
     let res = post_form(&server.at("/runs/4/cancel"), &[]).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()["location"], "/runs/4?done=cancel");
-    wait_for_state(&server, 4, &["cancelled"]).await;
+    server.wait_state_fail_fast(4, &["cancelled"]).await;
     let (_, page) = get(&server.at("/runs/4?done=cancel")).await;
     assert!(page.contains("Cancel requested"));
     assert!(
@@ -519,16 +464,16 @@ async fn runs_list_filters_sorts_compares_and_cancels() {
     let res = post_form(&server.at("/runs/4/resume"), &[]).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(res.headers()["location"], "/runs/4?done=resume");
-    wait_for_state(&server, 4, &["queued", "running"]).await;
+    server.wait_state_fail_fast(4, &["queued", "running"]).await;
     let res = post_form(&server.at("/runs/4/cancel"), &[]).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    wait_for_state(&server, 4, &["cancelled"]).await;
+    server.wait_state_fail_fast(4, &["cancelled"]).await;
 }
 
 #[tokio::test]
 async fn a_server_with_a_token_asks_the_browser_to_sign_in() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start_with(tmp.path(), &["--token", "s3cret-token"]);
+    let server = Server::start_with(tmp.path(), &["--token", "s3cret-token"], &[]);
     let (_, page) = get(&server.at("/")).await;
     assert!(page.contains("Sign in to make changes"), "{page}");
     let (status, login) = get(&server.at("/login?next=/runs/new")).await;
@@ -541,7 +486,7 @@ async fn a_server_with_a_token_asks_the_browser_to_sign_in() {
     // Without the token the form changes nothing.
     let res = post_form(&server.at("/runs/new"), &tiny("no-token")).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(count_runs(&server).await, 0);
+    assert_eq!(server.run_count().await, 0);
 
     // Signing in sets the cookie the forms then carry.
     let res = client()
@@ -583,7 +528,7 @@ async fn a_server_with_a_token_asks_the_browser_to_sign_in() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    wait_for_state(&server, 1, &["cancelled"]).await;
+    server.wait_state_fail_fast(1, &["cancelled"]).await;
 }
 
 #[tokio::test]

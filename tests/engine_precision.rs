@@ -311,7 +311,7 @@ fn the_loss_scaler_backs_off_on_overflow_and_the_step_is_skipped() {
 
 #[test]
 fn auto_precision_is_fp32_on_the_cpu_and_explicit_choices_are_kept() {
-    use moco_server::train::trainer::reduced_precision;
+    use moco_server::train::device::reduced_precision;
     assert_eq!(
         reduced_precision(Precision::Auto, Device::Cpu).unwrap(),
         None

@@ -1,49 +1,15 @@
 //! The product starts: the real binary serves the dashboard on a free port with a fresh data
 //! directory, creating its SQLite file; `doctor` reports libtorch.
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+mod common;
 
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data_dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_moco-server"))
-        .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-        .arg(data_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start moco-server");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("server printed its URL before exiting")
-            .unwrap();
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().trim_end_matches('/').to_string();
-        }
-    };
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url }
-}
+use common::Server;
+use std::process::Command;
 
 #[tokio::test]
 async fn serves_index_and_health_with_a_fresh_data_directory() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("nested").join("data");
-    let server = start_server(&data_dir);
+    let server = Server::start(&data_dir);
     assert!(
         server.url.starts_with("http://127.0.0.1:"),
         "{}",

@@ -8,6 +8,7 @@
 //! binary ([`stl10`]) and image folders in the ImageNet layout ([`folder`]). [`open_splits`] opens
 //! any of them from a [`DatasetConfig`]; [`parse_dataset_spec`] turns a command-line spec such as
 //! `cifar10:cifar-10-batches-bin` into one.
+use crate::config::Choice;
 use crate::config::{DatasetConfig, DatasetKind};
 use anyhow::Context;
 use serde::Serialize;

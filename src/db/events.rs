@@ -68,3 +68,31 @@ pub async fn last_id(pool: &SqlitePool) -> anyhow::Result<i64> {
         .await?;
     Ok(n)
 }
+
+/// The kinds of event a run's log shows.
+const LOG_KINDS: &str = "'log', 'state', 'evaluation', 'checkpoint'";
+
+/// The newest `limit` events of a run's log (messages, state changes, evaluations, checkpoints),
+/// oldest first.
+pub async fn log_tail(pool: &SqlitePool, run_id: i64, limit: i64) -> anyhow::Result<Vec<EventRow>> {
+    sqlx::query_as(&format!(
+        "SELECT id, run_id, kind, data, created_at FROM (SELECT id, run_id, kind, data, \
+         created_at FROM events WHERE run_id = ? AND kind IN ({LOG_KINDS}) ORDER BY id DESC \
+         LIMIT ?) ORDER BY id"
+    ))
+    .bind(run_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+    .with_context(|| format!("cannot read the log of run {run_id}"))
+}
+
+/// The id of run `run_id`'s newest event (0 when there is none).
+pub async fn last_id_of_run(pool: &SqlitePool, run_id: i64) -> anyhow::Result<i64> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = ?")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .with_context(|| format!("cannot read the events of run {run_id}"))?;
+    Ok(n)
+}

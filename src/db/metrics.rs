@@ -70,6 +70,18 @@ pub async fn series(
 /// Shortens a series to at most `max_points` points (at least 2) while keeping its shape: the
 /// steps are split into max_points / 2 buckets of equal point count and each bucket keeps its
 /// minimum and maximum, in step order, so spikes (a diverging loss) survive.
+/// The newest value of metric `name` of a run, if it has one.
+pub async fn latest(pool: &SqlitePool, run_id: i64, name: &str) -> anyhow::Result<Option<f64>> {
+    sqlx::query_scalar(
+        "SELECT value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step DESC LIMIT 1",
+    )
+    .bind(run_id)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+    .with_context(|| format!("cannot read {name} of run {run_id}"))
+}
+
 pub fn downsample_min_max(points: &[(i64, f64)], max_points: usize) -> Vec<(i64, f64)> {
     let max_points = max_points.max(2);
     if points.len() <= max_points {

@@ -33,6 +33,11 @@ pub async fn open(path: &Path) -> anyhow::Result<SqlitePool> {
     Ok(pool)
 }
 
+/// Whether the database answers (the health check).
+pub async fn ping(pool: &SqlitePool) -> bool {
+    sqlx::query("SELECT 1").execute(pool).await.is_ok()
+}
+
 /// Now, as the RFC 3339 text stored in the database.
 pub fn now() -> String {
     time::OffsetDateTime::now_utc()

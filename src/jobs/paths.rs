@@ -1,4 +1,5 @@
-//! Keeping user-given paths inside the data directory.
+//! Where a run's files live, and keeping user-given paths inside the data directory.
+use crate::config::{Choice, DatasetKind, FieldError, RunConfig};
 use std::path::{Component, Path, PathBuf};
 
 /// Resolves `rel` (a dataset path from a request or a stored config) against `data_dir` and
@@ -62,6 +63,46 @@ pub fn relative_to(data_dir: &Path, path: &Path) -> Option<String> {
     let canonical = path.canonicalize().ok()?;
     let rel = canonical.strip_prefix(data_dir).ok()?;
     rel.to_str().map(str::to_string)
+}
+
+/// Where run `id` keeps its files.
+pub fn run_dir(data_dir: &Path, id: i64) -> PathBuf {
+    data_dir.join("runs").join(id.to_string())
+}
+
+/// The server's own checks of a dataset: its path must resolve inside the data directory and hold
+/// a dataset of the kind the config names.
+pub fn check_dataset(data_dir: &Path, config: &RunConfig) -> Result<(), FieldError> {
+    let ds = &config.dataset;
+    if ds.kind == DatasetKind::Synthetic {
+        return Ok(());
+    }
+    let Some(rel) = ds.path.as_deref() else {
+        return Err(FieldError::new(
+            "dataset.path",
+            format!("is required for a {} dataset", ds.kind.name()),
+        ));
+    };
+    let path = resolve_inside(data_dir, rel)
+        .map_err(|message| FieldError::new("dataset.path", message))?;
+    match crate::data::detect_kind(&path) {
+        Some(kind) if kind == ds.kind => Ok(()),
+        Some(kind) => Err(FieldError::new(
+            "dataset.kind",
+            format!(
+                "{rel:?} holds a {} dataset, not {}",
+                kind.name(),
+                ds.kind.name()
+            ),
+        )),
+        None => Err(FieldError::new(
+            "dataset.path",
+            format!(
+                "{rel:?} is not a recognised dataset (CIFAR-10/100 binary, STL-10 binary, or a \
+                 folder of class subfolders holding JPEG/PNG images)"
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]

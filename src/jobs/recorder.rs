@@ -322,10 +322,7 @@ impl Recorder {
             }
         };
         db::runs::finish(conn, run_id, state, error.as_deref(), step).await?;
-        let (stored_step,): (i64,) = sqlx::query_as("SELECT step FROM runs WHERE id = ?")
-            .bind(run_id)
-            .fetch_one(&mut *conn)
-            .await?;
+        let stored_step = db::runs::step_of(conn, run_id).await?;
         let data = state_data(state, error.as_deref(), stored_step);
         written
             .events

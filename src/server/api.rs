@@ -1,10 +1,10 @@
 //! The JSON API under /api (described by /api/openapi.json).
-use super::error::{parse_id, ApiError};
+use super::error::{RunId, WebError};
 use super::{auth, datasets_api, downloads, events, openapi, AppState};
-use crate::config::{Preset, RunConfig};
+use crate::config::{Choice, Preset, RunConfig};
 use crate::db::{self, runs::RunFilter, runs::RunSort, runs::RunState};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -43,8 +43,8 @@ pub fn routes() -> Router<AppState> {
         .fallback(not_found)
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such API endpoint (see /api/openapi.json)")
+async fn not_found() -> WebError {
+    WebError::not_found("no such API endpoint (see /api/openapi.json)")
 }
 
 #[derive(Debug, Deserialize)]
@@ -59,24 +59,27 @@ pub struct ListQuery {
 async fn list_runs(
     State(state): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, WebError> {
     let mut filter = RunFilter::default();
     if let Some(s) = q.state.as_deref().filter(|s| !s.is_empty()) {
         filter.state = Some(RunState::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
+            WebError::bad_request(
                 "state",
                 format!(
-                    "unknown state {s:?}; expected one of queued, running, completed, failed, \
-                     cancelled, interrupted"
+                    "unknown state {s:?}; expected one of {}",
+                    RunState::names_joined()
                 ),
             )
         })?);
     }
     if let Some(p) = q.preset.as_deref().filter(|s| !s.is_empty()) {
         if Preset::parse(p).is_none() {
-            return Err(ApiError::bad_request(
+            return Err(WebError::bad_request(
                 "preset",
-                format!("unknown preset {p:?}; expected one of {}", Preset::names()),
+                format!(
+                    "unknown preset {p:?}; expected one of {}",
+                    Preset::names_joined()
+                ),
             ));
         }
         filter.preset = Some(p.to_string());
@@ -84,10 +87,12 @@ async fn list_runs(
     filter.search = q.search.filter(|s| !s.trim().is_empty());
     if let Some(s) = q.sort.as_deref().filter(|s| !s.is_empty()) {
         filter.sort = RunSort::parse(s).ok_or_else(|| {
-            let names: Vec<&str> = RunSort::ALL.iter().map(|o| o.as_str()).collect();
-            ApiError::bad_request(
+            WebError::bad_request(
                 "sort",
-                format!("unknown sort {s:?}; expected one of {}", names.join(", ")),
+                format!(
+                    "unknown sort {s:?}; expected one of {}",
+                    RunSort::names().join(", ")
+                ),
             )
         })?;
     }
@@ -96,7 +101,7 @@ async fn list_runs(
             .parse()
             .ok()
             .filter(|n| *n >= 1)
-            .ok_or_else(|| ApiError::bad_request("limit", "must be a positive integer"))?;
+            .ok_or_else(|| WebError::bad_request("limit", "must be a positive integer"))?;
         filter.limit = Some(n);
     }
     let runs = db::runs::list(&state.db, &filter).await?;
@@ -104,87 +109,72 @@ async fn list_runs(
 }
 
 /// Reads a JSON object body; a body that is not JSON is a 400 naming the problem.
-pub(super) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+pub(super) fn parse_body(body: &Bytes) -> Result<Value, WebError> {
     if body.is_empty() {
         return Ok(json!({}));
     }
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("", format!("the body is not valid JSON: {e}")))
+        .map_err(|e| WebError::bad_request("", format!("the body is not valid JSON: {e}")))
 }
 
-async fn create_run(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_run(State(state): State<AppState>, body: Bytes) -> Result<Response, WebError> {
     let doc = parse_body(&body)?;
-    match crate::jobs::create_run(&state, doc).await? {
-        Ok(created) => {
-            let location = format!("/api/runs/{}", created.run.id);
-            let mut resp = (StatusCode::CREATED, Json(json!(created))).into_response();
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            Ok(resp)
-        }
-        Err(errors) => Err(ApiError::invalid(errors)),
+    let created = state.scheduler.create(&doc).await?;
+    let location = format!("/api/runs/{}", created.run.id);
+    let mut resp = (StatusCode::CREATED, Json(json!(created))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
     }
+    Ok(resp)
 }
 
 /// POST /api/estimate: how long a run of this (partial) config would take here.
-async fn estimate_run(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn estimate_run(State(state): State<AppState>, body: Bytes) -> Result<Response, WebError> {
     let doc = parse_body(&body)?;
     match crate::server::estimate::for_config(&state, &doc).await {
         Ok(estimate) => Ok(Json(json!(estimate)).into_response()),
-        Err(errors) => Err(ApiError::invalid(errors)),
+        Err(errors) => Err(WebError::invalid(errors)),
     }
 }
 
-async fn get_run(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "run")?;
+async fn get_run(State(state): State<AppState>, RunId(id): RunId) -> Result<Json<Value>, WebError> {
     let (run, config) = db::runs::get_with_config(&state.db, id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("there is no run {id}")))?;
+        .ok_or_else(|| WebError::not_found(format!("there is no run {id}")))?;
     Ok(Json(json!({"run": run, "config": config})))
 }
 
 async fn cancel_run(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "run")?;
-    let run = crate::jobs::cancel_run(&state, id).await??;
+    RunId(id): RunId,
+) -> Result<Json<Value>, WebError> {
+    let run = state.scheduler.cancel(id).await?;
     Ok(Json(json!({ "run": run })))
 }
 
 async fn resume_run(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_id(&id, "run")?;
-    let run = crate::jobs::resume_run(&state, id).await??;
+    RunId(id): RunId,
+) -> Result<Json<Value>, WebError> {
+    let run = state.scheduler.resume(id).await?;
     Ok(Json(json!({ "run": run })))
 }
 
 async fn delete_run(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id, "run")?;
-    crate::jobs::delete_run(&state, id).await??;
+    RunId(id): RunId,
+) -> Result<StatusCode, WebError> {
+    state.scheduler.delete(id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The run must exist (404 otherwise).
-async fn existing_run(state: &AppState, raw: &str) -> Result<i64, ApiError> {
-    let id = parse_id(raw, "run")?;
-    let exists: Option<(i64,)> = sqlx::query_as("SELECT id FROM runs WHERE id = ?")
-        .bind(id)
-        .fetch_optional(&state.db)
-        .await
-        .map_err(anyhow::Error::from)?;
-    exists
-        .map(|_| id)
-        .ok_or_else(|| ApiError::not_found(format!("there is no run {id}")))
+async fn existing_run(state: &AppState, id: i64) -> Result<(), WebError> {
+    if db::runs::exists(&state.db, id).await? {
+        Ok(())
+    } else {
+        Err(WebError::not_found(format!("there is no run {id}")))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,15 +190,15 @@ const MAX_MAX_POINTS: usize = 100_000;
 
 async fn metrics(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    RunId(id): RunId,
     Query(q): Query<MetricsQuery>,
-) -> Result<Json<Value>, ApiError> {
-    let id = existing_run(&state, &id).await?;
+) -> Result<Json<Value>, WebError> {
+    existing_run(&state, id).await?;
     let since_step = match q.since_step.as_deref().filter(|s| !s.is_empty()) {
         None => 0,
         Some(s) => s
             .parse::<i64>()
-            .map_err(|_| ApiError::bad_request("since_step", "must be an integer"))?,
+            .map_err(|_| WebError::bad_request("since_step", "must be an integer"))?,
     };
     let max_points = match q.max_points.as_deref().filter(|s| !s.is_empty()) {
         None => DEFAULT_MAX_POINTS,
@@ -217,7 +207,7 @@ async fn metrics(
             .ok()
             .filter(|n| (2..=MAX_MAX_POINTS).contains(n))
             .ok_or_else(|| {
-                ApiError::bad_request(
+                WebError::bad_request(
                     "max_points",
                     format!("must be an integer between 2 and {MAX_MAX_POINTS}"),
                 )
@@ -231,7 +221,7 @@ async fn metrics(
                 .filter(|n| !n.is_empty())
                 .collect();
             if names.len() > 64 {
-                return Err(ApiError::bad_request("names", "at most 64 names"));
+                return Err(WebError::bad_request("names", "at most 64 names"));
             }
             names
         }
@@ -243,27 +233,27 @@ async fn metrics(
 
 async fn evaluations(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = existing_run(&state, &id).await?;
+    RunId(id): RunId,
+) -> Result<Json<Value>, WebError> {
+    existing_run(&state, id).await?;
     let evals = db::evaluations::list(&state.db, id).await?;
     Ok(Json(json!({ "evaluations": evals })))
 }
 
 async fn checkpoints(
     State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = existing_run(&state, &id).await?;
+    RunId(id): RunId,
+) -> Result<Json<Value>, WebError> {
+    existing_run(&state, id).await?;
     let rows = db::checkpoints::list(&state.db, id).await?;
     let list: Vec<_> = rows.iter().map(|r| r.summary()).collect();
     Ok(Json(json!({ "checkpoints": list })))
 }
 
 async fn presets() -> Json<Value> {
-    let list: Vec<Value> = Preset::ALL
-        .into_iter()
-        .map(|p| {
+    let list: Vec<Value> = Preset::all()
+        .iter()
+        .map(|&p| {
             json!({
                 "name": p.name(),
                 "description": p.description(),
@@ -274,13 +264,13 @@ async fn presets() -> Json<Value> {
     Json(json!({ "presets": list }))
 }
 
-async fn list_datasets(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list_datasets(State(state): State<AppState>) -> Result<Json<Value>, WebError> {
     let list = state.datasets().await?;
     Ok(Json(json!({ "datasets": list })))
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let db_ok = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    let db_ok = db::ping(&state.db).await;
     let body = json!({
         "status": if db_ok { "ok" } else { "degraded" },
         "database": if db_ok { "ok" } else { "unavailable" },
@@ -318,18 +308,18 @@ struct LoginBody {
 
 /// Checks a token and sets it as an HttpOnly, same-site cookie, so a browser's forms can make
 /// changes on a server that requires the token.
-async fn login(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn login(State(state): State<AppState>, body: Bytes) -> Result<Response, WebError> {
     let parsed: Option<LoginBody> = serde_json::from_slice(&body)
         .ok()
         .or_else(|| serde_urlencoded_token(&body).map(|token| LoginBody { token }));
     let Some(LoginBody { token }) = parsed else {
-        return Err(ApiError::bad_request("token", "send {\"token\": \"…\"}"));
+        return Err(WebError::bad_request("token", "send {\"token\": \"…\"}"));
     };
     if state.auth.token.is_none() {
         return Ok(Json(json!({"ok": true, "required": false})).into_response());
     }
     if !state.auth.matches(&token) {
-        return Err(ApiError::Status(
+        return Err(WebError::Status(
             StatusCode::UNAUTHORIZED,
             "the token is not this server's".into(),
         ));

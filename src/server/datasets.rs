@@ -1,6 +1,7 @@
 //! The datasets a run can use: the built-in synthetic set, then every CIFAR-10/100, STL-10 or image
 //! folder found under the data directory (never outside it). Counting is cheap (file sizes and
 //! directory listings, no decoding), so the list is quick even for large sets.
+use crate::config::Choice;
 use crate::config::{DatasetConfig, DatasetKind};
 use crate::data::{cifar, detect_kind, folder, stl10, synthetic};
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 //!
 //! A request names an archive or a listed dataset by value; nothing it sends becomes a path. The
 //! download address is the server's (fetch_jobs.rs) unless its policy lets requests choose.
-use super::error::{without_data_dir, ApiError};
+use super::error::{without_data_dir, WebError};
 use super::fetch_jobs::Source;
 use super::AppState;
 use crate::config::FieldError;
@@ -127,10 +127,10 @@ fn parse_request(body: &Value, allow_source: bool) -> Result<DownloadRequest, Ve
 
 /// POST /api/datasets/downloads {"dataset": "cifar10"}: 202 with the job's status; 409 while one
 /// of the same archive runs or when it is already there; 422 naming every bad field.
-pub async fn start(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn start(State(state): State<AppState>, body: Bytes) -> Result<Response, WebError> {
     let doc = super::api::parse_body(&body)?;
     let req = parse_request(&doc, state.fetch_jobs.policy().allow_request_source)
-        .map_err(ApiError::invalid)?;
+        .map_err(WebError::invalid)?;
     let done_state = state.clone();
     let status = state.fetch_jobs.start(
         req.archive,
@@ -153,10 +153,10 @@ pub struct StatsQuery {
 pub async fn stats(
     State(state): State<AppState>,
     Query(q): Query<StatsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Value>, WebError> {
     let wanted = q.dataset.unwrap_or_default();
     if wanted.trim().is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(WebError::bad_request(
             "dataset",
             "required: a value from GET /api/datasets (\"synthetic\" or kind:path)",
         ));
@@ -167,7 +167,7 @@ pub async fn stats(
         .iter()
         .find(|e| super::dataset_stats::value_of(e) == wanted.trim())
         .ok_or_else(|| {
-            ApiError::not_found(format!(
+            WebError::not_found(format!(
                 "there is no dataset {wanted:?} in the data directory (see GET /api/datasets)"
             ))
         })?;
@@ -175,7 +175,7 @@ pub async fn stats(
         Ok(stats) => Ok(Json(json!(stats))),
         Err(e) => {
             tracing::warn!("mean/std of {wanted}: {e:#}");
-            Err(ApiError::Status(
+            Err(WebError::Status(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!(
                     "cannot read {wanted}: {}",

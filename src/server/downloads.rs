@@ -3,7 +3,7 @@
 //!
 //! Only the two integer ids come from the request; the file path comes from the database and must
 //! still resolve to a regular file inside the data directory.
-use super::error::{parse_id, ApiError};
+use super::error::{parse_id, RunId, WebError};
 use super::AppState;
 use crate::db;
 use crate::jobs::paths;
@@ -16,16 +16,16 @@ use tower_http::services::ServeFile;
 
 pub async fn download(
     State(state): State<AppState>,
-    Path((run, ckpt)): Path<(String, String)>,
+    RunId(run_id): RunId,
+    Path((_, ckpt)): Path<(String, String)>,
     req: Request,
-) -> Result<Response, ApiError> {
-    let run_id = parse_id(&run, "run")?;
+) -> Result<Response, WebError> {
     let ckpt_id = parse_id(&ckpt, "checkpoint")?;
     let row = db::checkpoints::get(&state.db, run_id, ckpt_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("run {run_id} has no checkpoint {ckpt_id}")))?;
+        .ok_or_else(|| WebError::not_found(format!("run {run_id} has no checkpoint {ckpt_id}")))?;
     let path = paths::registered_file(&state.data_dir, &row.path).ok_or_else(|| {
-        ApiError::not_found(format!(
+        WebError::not_found(format!(
             "the file of checkpoint {ckpt_id} is no longer in the data directory"
         ))
     })?;

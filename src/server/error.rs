@@ -1,63 +1,126 @@
-//! JSON errors of the API: `{"error": "…"}` with a status, or `{"errors": [{field, message}]}`
-//! for invalid input.
+//! The web layer's one error type. A handler returns `WebError` whether it serves JSON or HTML:
+//! the response carries the JSON body (`{"error": "…"}`, or `{"errors": [{field, message}]}` for
+//! invalid input) and the error itself; the pages' router turns the latter into an HTML page
+//! (`pages::error_page`). Internal errors are logged with an id, and the client gets a sentence
+//! with that id, never the error's text.
 use crate::config::FieldError;
-use crate::jobs::Refused;
+use crate::jobs::scheduler::SchedulerError;
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use std::collections::HashMap;
 
-#[derive(Debug)]
-pub enum ApiError {
-    /// A status and a sentence.
-    Status(StatusCode, String),
-    /// Invalid input: every bad field named.
+#[derive(Debug, Clone)]
+pub enum WebError {
+    /// 404, with a sentence naming what was asked for.
+    NotFound(String),
+    /// 409: the state of what was asked for does not allow it.
+    Conflict(String),
+    /// 400 (unreadable) or 422 (invalid) input: every bad field named.
     Fields(StatusCode, Vec<FieldError>),
+    /// Any other status a client can act on (401, 413, 416 …), with a sentence.
+    Status(StatusCode, String),
+    /// 500. The cause is in the server's log under `id`.
+    Internal { id: String },
 }
 
-impl ApiError {
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::Status(StatusCode::NOT_FOUND, message.into())
+impl WebError {
+    pub fn not_found(message: impl Into<String>) -> WebError {
+        WebError::NotFound(message.into())
     }
 
-    pub fn bad_request(field: &str, message: impl Into<String>) -> ApiError {
-        ApiError::Fields(
+    pub fn conflict(message: impl Into<String>) -> WebError {
+        WebError::Conflict(message.into())
+    }
+
+    /// A 400 about one field (`""` for the request as a whole).
+    pub fn bad_request(field: &str, message: impl Into<String>) -> WebError {
+        WebError::Fields(
             StatusCode::BAD_REQUEST,
             vec![FieldError::new(field, message)],
         )
     }
 
-    pub fn invalid(errors: Vec<FieldError>) -> ApiError {
-        ApiError::Fields(StatusCode::UNPROCESSABLE_ENTITY, errors)
+    pub fn invalid(errors: Vec<FieldError>) -> WebError {
+        WebError::Fields(StatusCode::UNPROCESSABLE_ENTITY, errors)
     }
-}
 
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> ApiError {
-        tracing::error!("request failed: {e:#}");
-        ApiError::Status(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    /// Logs `cause` under a fresh id and answers 500 with that id.
+    pub fn internal(cause: impl std::fmt::Display) -> WebError {
+        let id = format!("{:08x}", rand::random::<u32>());
+        tracing::error!(error_id = %id, "request failed: {cause:#}");
+        WebError::Internal { id }
     }
-}
 
-impl From<Refused> for ApiError {
-    fn from(r: Refused) -> ApiError {
-        match r {
-            Refused::NotFound(m) => ApiError::Status(StatusCode::NOT_FOUND, m),
-            Refused::Conflict(m) => ApiError::Status(StatusCode::CONFLICT, m),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Status(status, message) => {
-                (status, Json(json!({"error": message}))).into_response()
-            }
-            ApiError::Fields(status, errors) => {
-                (status, Json(json!({"errors": errors}))).into_response()
-            }
+            WebError::NotFound(_) => StatusCode::NOT_FOUND,
+            WebError::Conflict(_) => StatusCode::CONFLICT,
+            WebError::Fields(status, _) | WebError::Status(status, _) => *status,
+            WebError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+
+    /// What the client is told, as one sentence (field errors joined).
+    pub fn message(&self) -> String {
+        match self {
+            WebError::NotFound(m) | WebError::Conflict(m) | WebError::Status(_, m) => m.clone(),
+            WebError::Fields(_, errors) => crate::config::describe_errors(errors),
+            WebError::Internal { id } => format!(
+                "something went wrong on the server (error id {id}; its log has the details)"
+            ),
+        }
+    }
+}
+
+impl From<anyhow::Error> for WebError {
+    fn from(e: anyhow::Error) -> WebError {
+        WebError::internal(e)
+    }
+}
+
+impl From<sqlx::Error> for WebError {
+    fn from(e: sqlx::Error) -> WebError {
+        WebError::internal(e)
+    }
+}
+
+impl From<tokio::task::JoinError> for WebError {
+    fn from(e: tokio::task::JoinError) -> WebError {
+        WebError::internal(e)
+    }
+}
+
+impl From<SchedulerError> for WebError {
+    fn from(e: SchedulerError) -> WebError {
+        match e {
+            SchedulerError::NotFound(_) => WebError::NotFound(e.to_string()),
+            SchedulerError::Conflict(m) => WebError::Conflict(m),
+            SchedulerError::Invalid(errors) => WebError::invalid(errors),
+            SchedulerError::Internal(e) => WebError::internal(e),
+        }
+    }
+}
+
+impl From<crate::server::fetch_jobs::StartRefused> for WebError {
+    fn from(e: crate::server::fetch_jobs::StartRefused) -> WebError {
+        WebError::Conflict(e.0)
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let body = match &self {
+            WebError::Fields(_, errors) => json!({ "errors": errors }),
+            other => json!({ "error": other.message() }),
+        };
+        let mut response = (self.status(), Json(body)).into_response();
+        // For the pages' router, which renders it as HTML instead.
+        response.extensions_mut().insert(self);
+        response
     }
 }
 
@@ -70,10 +133,26 @@ pub fn without_data_dir(message: &str, data_dir: &std::path::Path) -> String {
         .replace(&dir, "the data directory")
 }
 
-/// A run or checkpoint id from the path: a positive integer, or a 404 (nothing else is looked up).
-pub fn parse_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+/// An id from the path: a positive integer, or a 404 (nothing else is looked up).
+pub fn parse_id(raw: &str, what: &str) -> Result<i64, WebError> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::not_found(format!("there is no {what} {raw:?}")))
+        .ok_or_else(|| WebError::not_found(format!("there is no {what} {raw:?}")))
+}
+
+/// The `{id}` of a run's route, parsed (not looked up): any other value is a 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunId(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunId {
+    type Rejection = WebError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<RunId, WebError> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| WebError::not_found("there is no such run"))?;
+        let raw = params.get("id").map(String::as_str).unwrap_or_default();
+        parse_id(raw, "run").map(RunId)
+    }
 }

@@ -2,6 +2,7 @@
 //! API: the config as the server would store it, the dataset's size from the data directory's
 //! listing and the speed of the device it would train on (see `train::estimate`).
 use super::AppState;
+use crate::config::Choice;
 use crate::config::{parse_device, DatasetKind, FieldError, Preset, RunConfig};
 use crate::train::estimate::{self, Estimate};
 use serde::Serialize;
@@ -43,7 +44,7 @@ pub async fn for_config(state: &AppState, doc: &Value) -> Result<RunEstimate, Ve
     })
     .await
     .map_err(|_| vec![FieldError::new("", "the run could not be estimated")])?;
-    let device = crate::train::trainer::device_name(device);
+    let device = crate::train::device::device_name(device);
     let text = format!(
         "{} ({} steps, {} kNN evaluation{}, on {device})",
         estimate.duration_text(),

@@ -5,10 +5,10 @@
 //! duplicates: the stream subscribes to the live broadcast *before* reading the backlog, and then
 //! skips live events it already sent from the backlog. Falling behind the broadcast is handled the
 //! same way (read the gap from SQLite again). Streams end when the server shuts down.
-use super::error::{parse_id, ApiError};
+use super::error::{RunId, WebError};
 use super::AppState;
 use crate::db;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
@@ -34,13 +34,12 @@ pub struct EventsQuery {
 
 pub async fn stream(
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    RunId(run_id): RunId,
     Query(q): Query<EventsQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let run_id = parse_id(&id, "run")?;
-    if db::runs::get_row(&state.db, run_id).await?.is_none() {
-        return Err(ApiError::not_found(format!("there is no run {run_id}")));
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, WebError> {
+    if !db::runs::exists(&state.db, run_id).await? {
+        return Err(WebError::not_found(format!("there is no run {run_id}")));
     }
     let raw_last = headers
         .get("last-event-id")
@@ -50,7 +49,7 @@ pub async fn stream(
     let last_id = match raw_last.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
         None => 0,
         Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            ApiError::bad_request(
+            WebError::bad_request(
                 "Last-Event-ID",
                 "must be an event id (a non-negative integer)",
             )

@@ -9,13 +9,18 @@
 //! client could make the server fetch whatever it can reach, internal addresses included.
 use super::error::without_data_dir;
 use crate::data::fetch::{self, Archive, FetchOptions, FetchOutcome, Progress, Stage};
-use crate::jobs::Refused;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::watch;
+
+/// Why a download did not start: one of the same archive runs, or the archive is already there
+/// (the API answers 409 with the sentence).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StartRefused(pub String);
 
 /// A download address and the MD5 of what it serves (None: the canonical archive's).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +215,7 @@ impl FetchJobs {
         requested: Option<Source>,
         stop: watch::Receiver<bool>,
         on_done: impl FnOnce() + Send + 'static,
-    ) -> Result<DownloadStatus, Refused> {
+    ) -> Result<DownloadStatus, StartRefused> {
         let source = requested.or_else(|| self.policy.mirrors.get(&archive).cloned());
         {
             let mut jobs = self.jobs.lock().expect("fetch jobs");
@@ -218,13 +223,13 @@ impl FetchJobs {
                 .get(&archive)
                 .is_some_and(|j| j.state == JobState::Running)
             {
-                return Err(Refused::Conflict(format!(
+                return Err(StartRefused(format!(
                     "a download of {} is already running",
                     archive.title()
                 )));
             }
             if archive.is_present(&data_dir) {
-                return Err(Refused::Conflict(format!(
+                return Err(StartRefused(format!(
                     "{} is already in the data directory ({})",
                     archive.title(),
                     archive.dir_name()

@@ -206,9 +206,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn healthz(axum::extract::State(state): axum::extract::State<AppState>) -> &'static str {
-    match sqlx::query("SELECT 1").execute(&state.db).await {
-        Ok(_) => "ok",
-        Err(_) => "database unavailable",
+    if crate::db::ping(&state.db).await {
+        "ok"
+    } else {
+        "database unavailable"
     }
 }
 

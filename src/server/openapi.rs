@@ -1,5 +1,6 @@
 //! The OpenAPI 3 description of the JSON API, served at /api/openapi.json.
-use crate::config::Preset;
+use crate::db::runs::{RunSort, RunSummary};
+use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
 
 /// Every path the API serves (the test suite checks the document lists exactly these).
@@ -71,10 +72,10 @@ pub fn document() -> Value {
                 "summary": "List runs",
                 "parameters": [
                     query("state", "only runs in this state", schema("RunState")),
-                    query("preset", "only runs of this preset", json!({"type": "string", "enum": Preset::ALL.map(Preset::name)})),
+                    query("preset", "only runs of this preset", schema("Preset")),
                     query("search", "case-insensitive part of the name", json!({"type": "string"})),
-                    query("sort", "order", json!({"type": "string", "default": "created_desc",
-                        "enum": ["created_desc", "created_asc", "name_asc", "name_desc", "knn_desc", "state"]})),
+                    query("sort", "order: a column and a direction; `state` groups running, queued, interrupted, then finished runs",
+                        json!({"type": "string", "default": "created_desc", "enum": RunSort::names()})),
                     query("limit", "at most this many", json!({"type": "integer", "minimum": 1})),
                 ],
                 "responses": {
@@ -85,7 +86,7 @@ pub fn document() -> Value {
             "post": mutating(json!({
                 "summary": "Create and queue a run",
                 "description": "The body is a partial config: missing keys come from `preset` (default cifar). Dataset paths are relative to the data directory and must resolve inside it.",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("RunConfig"),
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("RunConfigPatch"),
                     "example": {"preset": "cifar", "name": "demo", "epochs": 2, "dataset": {"kind": "synthetic", "synthetic_train": 200}}}}},
                 "responses": {
                     "201": json_response("queued", run_and_config()),
@@ -188,7 +189,7 @@ pub fn document() -> Value {
             "post": mutating(json!({
                 "summary": "How long a run of this config would take here",
                 "description": "The body is a partial config, as for creating a run; nothing is stored. The work is counted in multiply-accumulates of the config's encoder (4 forward passes per training image, 8 with the symmetric loss; one per image and kNN evaluation) at the device's speed, measured once per device.",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("RunConfig"),
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("RunConfigPatch"),
                     "example": {"preset": "demo", "dataset": {"kind": "synthetic"}}}}},
                 "responses": {
                     "200": json_response("the estimate", json!({"type": "object", "properties": {
@@ -292,8 +293,8 @@ pub fn document() -> Value {
             }
         },
     });
-    json!({
-        "openapi": "3.0.3",
+    let mut doc = json!({
+        "openapi": "3.1.0",
         "info": {
             "title": "moco-server",
             "version": env!("CARGO_PKG_VERSION"),
@@ -306,48 +307,27 @@ pub fn document() -> Value {
                 "cookie": {"type": "apiKey", "in": "cookie", "name": super::auth::COOKIE}
             },
             "schemas": {
-                "RunState": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled", "interrupted"]},
-                "RunSummary": {
-                    "type": "object",
-                    "properties": {
-                        "id": {"type": "integer"}, "name": {"type": "string"}, "preset": {"type": "string"},
-                        "dataset": {"type": "string"}, "state": schema("RunState"), "device": {"type": "string"},
-                        "error": {"type": "string", "nullable": true},
-                        "created_at": {"type": "string", "format": "date-time"},
-                        "started_at": {"type": "string", "format": "date-time", "nullable": true},
-                        "finished_at": {"type": "string", "format": "date-time", "nullable": true},
-                        "step": {"type": "integer"}, "epoch": {"type": "integer", "description": "epoch being trained, 1-based"},
-                        "total_steps": {"type": "integer"}, "epochs": {"type": "integer"},
-                        "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                        "eta_seconds": {"type": "number", "nullable": true},
-                        "last_loss": {"type": "number", "nullable": true},
-                        "images_per_sec": {"type": "number", "nullable": true},
-                        "best_knn": {"type": "number", "nullable": true},
-                        "last_knn": {"type": "number", "nullable": true}
-                    }
-                },
-                "RunConfig": {"type": "object", "description": "Every setting of a run (see GET /api/presets for full examples); as a request body, any subset.", "additionalProperties": true},
                 "Evaluation": {"type": "object", "properties": {"epoch": {"type": "integer"}, "step": {"type": "integer"},
                     "knn_top1": {"type": "number"}, "features": {"type": "string"}, "created_at": {"type": "string"}}},
                 "Checkpoint": {"type": "object", "properties": {"id": {"type": "integer"}, "kind": {"type": "string", "enum": ["full", "encoder"]},
                     "epoch": {"type": "integer"}, "step": {"type": "integer"}, "size_bytes": {"type": "integer"},
                     "sha256": {"type": "string"}, "created_at": {"type": "string"}, "download_url": {"type": "string"}}},
-                "Dataset": {"type": "object", "properties": {"kind": {"type": "string"}, "path": {"type": "string", "nullable": true},
+                "Dataset": {"type": "object", "properties": {"kind": {"type": "string"}, "path": {"type": ["string", "null"]},
                     "label": {"type": "string"}, "images": {"type": "integer"}, "test_images": {"type": "integer"},
-                    "classes": {"type": "integer"}, "image_size": {"type": "integer", "nullable": true},
+                    "classes": {"type": "integer"}, "image_size": {"type": ["integer", "null"]},
                     "config": {"type": "object", "description": "the `dataset` object to post"}}},
                 "Download": {"type": "object", "properties": {
                     "dataset": {"type": "string", "enum": ["cifar10", "cifar100", "stl10"]}, "title": {"type": "string"},
                     "dir": {"type": "string", "description": "where it unpacks, relative to the data directory"},
                     "present": {"type": "boolean"},
                     "state": {"type": "string", "enum": ["idle", "running", "done", "failed"]},
-                    "stage": {"type": "string", "enum": ["downloading", "extracting"], "nullable": true},
-                    "bytes": {"type": "integer"}, "total": {"type": "integer", "nullable": true},
+                    "stage": {"type": ["string", "null"], "enum": ["downloading", "extracting", null]},
+                    "bytes": {"type": "integer"}, "total": {"type": ["integer", "null"]},
                     "approx_bytes": {"type": "integer", "description": "size of the canonical archive"},
-                    "bytes_per_sec": {"type": "number", "nullable": true}, "eta_seconds": {"type": "number", "nullable": true},
-                    "error": {"type": "string", "nullable": true},
-                    "started_at": {"type": "string", "format": "date-time", "nullable": true},
-                    "finished_at": {"type": "string", "format": "date-time", "nullable": true},
+                    "bytes_per_sec": {"type": ["number", "null"]}, "eta_seconds": {"type": ["number", "null"]},
+                    "error": {"type": ["string", "null"]},
+                    "started_at": {"type": ["string", "null"], "format": "date-time"},
+                    "finished_at": {"type": ["string", "null"], "format": "date-time"},
                     "mirror": {"type": "boolean", "description": "from a mirror rather than the canonical address"}}},
                 "DatasetStats": {"type": "object", "properties": {"dataset": {"type": "string"},
                     "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
@@ -358,5 +338,20 @@ pub fn document() -> Value {
                     "type": "object", "required": ["field", "message"], "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}
             }
         }
-    })
+    });
+    // RunConfig and the types it uses, generated from the settings' declaration; RunSummary and
+    // RunState from their types.
+    let schemas = doc["components"]["schemas"]
+        .as_object_mut()
+        .expect("the document has schemas");
+    schemas.extend(crate::config::settings::openapi_schemas());
+    let mut generator = SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/components/schemas".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
+    generator.subschema_for::<RunSummary>();
+    schemas.extend(generator.take_definitions(true));
+    doc
 }

@@ -5,7 +5,10 @@
 //! forms and augmentation preview, `/compare?ids=1,2,3`, `/datasets` (and its download form),
 //! `/login` (servers that want their access token for changes), and the embedded files under
 //! `/static/`.
+use super::error::WebError;
 use super::AppState;
+use crate::config::Choice;
+use crate::db::runs::RunState;
 use askama::Template;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
@@ -41,6 +44,7 @@ pub fn routes() -> Router<AppState> {
         .route("/datasets/downloads", post(datasets::start))
         .route("/login", get(login::page))
         .route("/static/{*path}", get(assets::serve))
+        .layer(axum::middleware::map_response(errors_as_pages))
 }
 
 /// What the base layout needs from every page.
@@ -51,14 +55,23 @@ pub struct Layout {
     /// The server wants its access token for changes and this browser has not given it: the
     /// navigation offers the sign-in page.
     pub sign_in: bool,
+    /// The run states for the scripts (`{"all": […], "active": […]}`), from `RunState`.
+    pub run_states: String,
 }
 
 impl Layout {
     pub fn new(nav: &'static str) -> Layout {
+        let all: Vec<&str> = RunState::all().iter().map(|s| s.as_str()).collect();
+        let active: Vec<&str> = RunState::all()
+            .iter()
+            .filter(|s| !s.is_finished())
+            .map(|s| s.as_str())
+            .collect();
         Layout {
             nav,
             version: env!("CARGO_PKG_VERSION"),
             sign_in: false,
+            run_states: format::script_json(&serde_json::json!({"all": all, "active": active})),
         }
     }
 
@@ -95,61 +108,45 @@ struct MessagePage {
     message: String,
 }
 
-/// A page that could not be shown: a status and a sentence for the reader.
-#[derive(Debug)]
-pub struct PageError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl PageError {
-    pub fn not_found(message: impl Into<String>) -> PageError {
-        PageError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
-    }
-
-    pub fn bad_request(message: impl Into<String>) -> PageError {
-        PageError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
+/// A `WebError` from a page's handler, shown as a page: the status, its name as the title and
+/// the error's sentence (the JSON API sends the same error as JSON).
+async fn errors_as_pages(mut response: Response) -> Response {
+    match response.extensions_mut().remove::<WebError>() {
+        Some(error) => error_page(&error),
+        None => response,
     }
 }
 
-impl From<anyhow::Error> for PageError {
-    fn from(e: anyhow::Error) -> PageError {
-        tracing::error!("page error: {e:#}");
-        PageError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: format!("Something went wrong on the server: {e:#}"),
-        }
-    }
-}
-
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        let title = match self.status {
-            StatusCode::NOT_FOUND => "Not found".to_string(),
-            StatusCode::BAD_REQUEST => "Bad request".to_string(),
-            s => s.canonical_reason().unwrap_or("Error").to_string(),
-        };
-        render(
-            self.status,
-            &MessagePage {
-                layout: Layout::new(""),
-                title,
-                message: self.message,
-            },
-        )
-    }
-}
-
-/// A run id from the path: a positive integer, or a 404 naming what was asked for.
-fn parse_run_id(raw: &str) -> Result<i64, PageError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| PageError::not_found(format!("There is no run {raw:?}.")))
+fn error_page(error: &WebError) -> Response {
+    let status = error.status();
+    let title = match status {
+        StatusCode::NOT_FOUND => "Not found".to_string(),
+        StatusCode::BAD_REQUEST => "Bad request".to_string(),
+        s => s.canonical_reason().unwrap_or("Error").to_string(),
+    };
+    // A page names no fields: each problem is a sentence of its own.
+    let sentences = match error {
+        WebError::Fields(_, errors) => errors.iter().map(|e| e.message.clone()).collect(),
+        other => vec![other.message()],
+    };
+    let message = sentences
+        .iter()
+        .map(|s| {
+            let s = backend::capitalised(s);
+            if s.ends_with('.') {
+                s
+            } else {
+                format!("{s}.")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    render(
+        status,
+        &MessagePage {
+            layout: Layout::new(""),
+            title,
+            message,
+        },
+    )
 }

@@ -2,7 +2,7 @@
 use super::AppState;
 use crate::db::{self, runs::RunFilter, runs::RunState};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::fmt::Write;
 
@@ -16,10 +16,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             text,
         )
             .into_response(),
-        Err(e) => {
-            tracing::error!("cannot render /metrics: {e:#}");
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}\n")).into_response()
-        }
+        Err(e) => super::error::WebError::internal(format!("cannot render /metrics: {e:#}"))
+            .into_response(),
     }
 }
 

@@ -5,7 +5,7 @@
 //! renamed, so a crash never leaves a half-written checkpoint under the real name.
 use super::events::{CheckpointInfo, CheckpointKind};
 use super::optim::FlatSgd;
-use crate::config::RunConfig;
+use crate::config::{Choice, RunConfig};
 use crate::moco::model::MocoModel;
 use anyhow::{bail, Context};
 use safetensors::tensor::{Dtype, View};
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 pub const FULL_FORMAT: &str = "moco-server-full-v1";
@@ -281,4 +281,53 @@ pub fn export_encoder(
         size_bytes,
         sha256,
     })
+}
+
+/// `checkpoint-epochNNNN-stepNNNNNNNN.ckpt.safetensors` in a run's directory.
+pub fn full_checkpoint_path(run_dir: &Path, state: &TrainingState) -> PathBuf {
+    run_dir.join(format!(
+        "checkpoint-epoch{:04}-step{:08}.ckpt.safetensors",
+        state.epoch, state.step
+    ))
+}
+
+/// Writes `encoder-epochNNNN.safetensors` for the query backbone in `run_dir`.
+pub fn export_encoder_to_run_dir(
+    run_dir: &Path,
+    model: &MocoModel,
+    state: &TrainingState,
+) -> anyhow::Result<CheckpointInfo> {
+    export_encoder(
+        &run_dir.join(format!("encoder-epoch{:04}.safetensors", state.epoch)),
+        model,
+        &encoder_metadata(state),
+    )
+}
+
+fn encoder_metadata(state: &TrainingState) -> EncoderMetadata {
+    let cfg = &state.config;
+    EncoderMetadata {
+        arch: cfg.arch.name().into(),
+        stem: cfg.stem.name().into(),
+        width: cfg.width,
+        feature_dim: cfg.feature_dim(),
+        dim: cfg.dim,
+        image_size: cfg.image_size,
+        mean: state.mean,
+        std: state.std,
+        preset: cfg.preset.name().into(),
+        epoch: state.epoch,
+        step: state.step,
+    }
+}
+
+/// Turns a full checkpoint into an encoder export at `out` (`moco-server export`).
+pub fn export_from_checkpoint(
+    checkpoint_path: &Path,
+    out: &Path,
+) -> anyhow::Result<CheckpointInfo> {
+    let ckpt = load_full(checkpoint_path, Device::Cpu)?;
+    let mut model = MocoModel::new(&ckpt.state.config, Device::Cpu);
+    ckpt.restore(&mut model)?;
+    export_encoder(out, &model, &encoder_metadata(&ckpt.state))
 }

@@ -141,7 +141,7 @@ pub fn device_speed(device: Device) -> f64 {
 /// the kernels. Only data loading is left out.
 fn measure_speed(device: Device) -> f64 {
     use crate::train::optim::FlatSgd;
-    use crate::train::trainer::{train_step, StepParams};
+    use crate::train::step::{train_step, StepParams};
     const BATCH: i64 = 64;
     const TIMED: i64 = 3;
     let cfg = RunConfig::preset(Preset::Demo);

@@ -1,6 +1,13 @@
 //! Weighted kNN monitor (Wu et al., 2018; the MoCo CIFAR demo's `knn_predict`): each query votes
 //! with its k most similar bank features, weighted by exp(sim / t).
-use tch::{Kind, Tensor};
+use super::device::autocast;
+use crate::config::{KnnFeatures, RunConfig};
+use crate::data::{Augmenter, Dataset, DatasetSplits, Loader, LoaderOptions};
+use crate::moco::model::MocoModel;
+use crate::torch_ext::ReducedPrecision;
+use anyhow::bail;
+use std::sync::Arc;
+use tch::{Device, Kind, Tensor};
 
 /// Top-1 accuracy in percent. `bank` [Nb, D] and `queries` [Nq, D] are unit vectors on the same
 /// device; labels are int64; queries are processed in chunks to bound memory.
@@ -45,6 +52,101 @@ pub fn weighted_knn_top1(
         start += len;
     }
     100.0 * i64::try_from(&correct).unwrap_or(0) as f64 / n as f64
+}
+
+/// Computes the kNN monitor's features with the run's encoder, transform and arithmetic.
+struct FeatureExtractor<'a> {
+    model: &'a MocoModel,
+    augmenter: &'a Augmenter,
+    from_head: bool,
+    device: Device,
+    threads: usize,
+    /// The encoder runs under the training's autocast; the kNN itself stays fp32.
+    precision: Option<ReducedPrecision>,
+}
+
+impl FeatureExtractor<'_> {
+    /// Features of a whole split under the eval transform, with their labels (unlabeled images
+    /// dropped), at most `limit` images (0 = all).
+    fn split(&self, dataset: &Arc<dyn Dataset>, limit: usize) -> anyhow::Result<(Tensor, Tensor)> {
+        let loader = Loader::new(
+            dataset.clone(),
+            LoaderOptions {
+                batch_size: 256,
+                shuffle: false,
+                drop_last: false,
+                seed: 0,
+                epoch: 0,
+                start_batch: 0,
+                prefetch: 2,
+                threads: self.threads,
+                device: self.device,
+            },
+        );
+        let mut features = Vec::new();
+        let mut labels = Vec::new();
+        let mut seen = 0;
+        for batch in loader {
+            let batch = batch?;
+            let x = self.augmenter.eval_view(&batch.images);
+            let f = {
+                let _autocast = autocast(self.device, self.precision)?;
+                self.model.features(&x, self.from_head)
+            };
+            features.push(f.to_kind(Kind::Float));
+            labels.push(batch.labels);
+            seen += batch.indices.len();
+            if limit > 0 && seen >= limit {
+                break;
+            }
+        }
+        if features.is_empty() {
+            bail!("the split has no images");
+        }
+        let mut features = Tensor::cat(&features, 0);
+        let mut labels = Tensor::cat(&labels, 0);
+        if limit > 0 && (labels.size()[0] as usize) > limit {
+            features = features.narrow(0, 0, limit as i64);
+            labels = labels.narrow(0, 0, limit as i64);
+        }
+        let keep = labels.ge(0).nonzero().squeeze_dim(1);
+        Ok((
+            features.index_select(0, &keep),
+            labels.index_select(0, &keep),
+        ))
+    }
+}
+
+/// Weighted kNN top-1 of the query encoder: bank = training split, queries = held-out split.
+pub(crate) fn knn_monitor(
+    model: &MocoModel,
+    splits: &DatasetSplits,
+    augmenter: &Augmenter,
+    cfg: &RunConfig,
+    device: Device,
+    threads: usize,
+    precision: Option<ReducedPrecision>,
+) -> anyhow::Result<f64> {
+    let extractor = FeatureExtractor {
+        model,
+        augmenter,
+        from_head: cfg.knn_features == KnnFeatures::Head,
+        device,
+        threads,
+        precision,
+    };
+    let (bank, bank_labels) = extractor.split(&splits.train, cfg.knn_bank_limit)?;
+    let (queries, query_labels) = extractor.split(&splits.test, 0)?;
+    let classes = splits.train.class_names().len().max(1) as i64;
+    Ok(weighted_knn_top1(
+        &bank,
+        &bank_labels,
+        &queries,
+        &query_labels,
+        classes,
+        cfg.knn_k,
+        cfg.knn_t,
+    ))
 }
 
 #[cfg(test)]

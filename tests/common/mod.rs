@@ -1,6 +1,11 @@
-//! Shared by the server tests: the real `moco-server` binary on 127.0.0.1:0 with a temporary data
-//! directory, driven over HTTP like a user would, plus a small server-sent-events reader.
+//! Shared by every test that drives the server: the real `moco-server` binary on 127.0.0.1:0 with a
+//! temporary data directory, driven over HTTP like a user would, a small server-sent-events
+//! reader, and (in `browser`) headless Chromium for the dashboard's browser tests.
+//!
+//! Each test binary compiles all of it and uses only part, hence the `dead_code` allowance.
 #![allow(dead_code)]
+
+pub mod browser;
 
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -195,6 +200,28 @@ impl Server {
     pub async fn wait_state(&self, id: i64, states: &[&str]) -> Value {
         self.wait_run(id, |run| states.contains(&run["state"].as_str().unwrap()))
             .await
+    }
+
+    /// Like `wait_state`, but a run that fails on the way fails the test at once, with the run's
+    /// error (unless "failed" is one of `states`).
+    pub async fn wait_state_fail_fast(&self, id: i64, states: &[&str]) -> Value {
+        self.wait_run(id, |run| {
+            let state = run["state"].as_str().unwrap();
+            if states.contains(&state) {
+                return true;
+            }
+            assert_ne!(state, "failed", "run {id} failed: {}", run["error"]);
+            false
+        })
+        .await
+    }
+
+    /// Polls the run until it has finished, whichever way (neither queued nor running).
+    pub async fn wait_finished(&self, id: i64) -> Value {
+        self.wait_run(id, |run| {
+            !["queued", "running"].contains(&run["state"].as_str().unwrap())
+        })
+        .await
     }
 
     /// Polls the run until `ok` holds.

@@ -1,61 +1,19 @@
 //! What the pages read and ask of the rest of the server, in one place: runs, checkpoints, the
 //! event log, the latest metrics, the scheduler and the dataset listing.
-use super::view::RunRecord;
-use crate::config::{FieldError, RunConfig};
-use crate::db::runs::{RunFilter, RunSummary};
+use crate::config::RunConfig;
+use crate::db::runs::RunSummary;
 use crate::server::AppState;
 use crate::{data, db, jobs};
 use serde_json::Value;
-use sqlx::Row;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// A summary from the database as the pages read it (the JSON API's shape).
-fn record(summary: &RunSummary) -> anyhow::Result<RunRecord> {
-    RunRecord::from_json(serde_json::to_value(summary)?)
-}
-
-/// All runs (the pages filter and sort them).
-pub async fn list_runs(state: &AppState) -> anyhow::Result<Vec<RunRecord>> {
-    db::runs::list(&state.db, &RunFilter::default())
-        .await?
-        .iter()
-        .map(record)
-        .collect()
-}
-
 /// One run and its config (as JSON), or None when there is no such run.
-pub async fn get_run(state: &AppState, id: i64) -> anyhow::Result<Option<(RunRecord, Value)>> {
+pub async fn get_run(state: &AppState, id: i64) -> anyhow::Result<Option<(RunSummary, Value)>> {
     match db::runs::get_with_config(&state.db, id).await? {
-        Some((summary, config)) => Ok(Some((record(&summary)?, serde_json::to_value(config)?))),
+        Some((summary, config)) => Ok(Some((summary, serde_json::to_value(config)?))),
         None => Ok(None),
     }
-}
-
-/// Stores and queues a run from a partial config; Err(errors) when it is invalid (nothing stored).
-pub async fn create_run(
-    state: &AppState,
-    doc: Value,
-) -> anyhow::Result<Result<i64, Vec<FieldError>>> {
-    Ok(jobs::create_run(state, doc)
-        .await?
-        .map(|created| created.run.id))
-}
-
-/// Asks the scheduler to stop a run; Err(reason) when it cannot be cancelled.
-pub async fn cancel_run(state: &AppState, id: i64) -> anyhow::Result<Result<(), String>> {
-    Ok(jobs::cancel_run(state, id)
-        .await?
-        .map(|_| ())
-        .map_err(|refused| capitalised(refused.message())))
-}
-
-/// Queues a stopped run again from its last full checkpoint; Err(reason) when it cannot resume.
-pub async fn resume_run(state: &AppState, id: i64) -> anyhow::Result<Result<(), String>> {
-    Ok(jobs::resume_run(state, id)
-        .await?
-        .map(|_| ())
-        .map_err(|refused| capitalised(refused.message())))
 }
 
 /// The message with its first letter in upper case (for a sentence on a page).
@@ -105,26 +63,17 @@ const LOG_LIMIT: i64 = 500;
 
 /// The run's log: its messages, state changes, evaluations and checkpoints, oldest first.
 pub async fn log_events(state: &AppState, run_id: i64) -> anyhow::Result<Vec<LogEvent>> {
-    let rows = sqlx::query(
-        "SELECT id, kind, data, created_at FROM (SELECT id, kind, data, created_at FROM events \
-         WHERE run_id = ? AND kind IN ('log', 'state', 'evaluation', 'checkpoint') \
-         ORDER BY id DESC LIMIT ?) ORDER BY id",
-    )
-    .bind(run_id)
-    .bind(LOG_LIMIT)
-    .fetch_all(&state.db)
-    .await?;
+    let rows = db::events::log_tail(&state.db, run_id, LOG_LIMIT).await?;
     let mut out = Vec::new();
     let mut last_state = String::new();
     for r in rows {
-        let kind: String = r.get("kind");
-        let data: Value = serde_json::from_str(r.get::<&str, _>("data")).unwrap_or(Value::Null);
-        let Some((level, message)) = log_line(&kind, &data, &mut last_state) else {
+        let data: Value = serde_json::from_str(&r.data).unwrap_or(Value::Null);
+        let Some((level, message)) = log_line(&r.kind, &data, &mut last_state) else {
             continue;
         };
         out.push(LogEvent {
-            id: r.get("id"),
-            created_at: r.get("created_at"),
+            id: r.id,
+            created_at: r.created_at,
             level,
             message,
         });
@@ -189,12 +138,7 @@ pub fn log_line(kind: &str, data: &Value, last_state: &mut String) -> Option<(St
 
 /// The id of the run's newest event (0 when none): the page's live stream continues after it.
 pub async fn last_event_id(state: &AppState, run_id: i64) -> anyhow::Result<i64> {
-    Ok(
-        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM events WHERE run_id = ?")
-            .bind(run_id)
-            .fetch_one(&state.db)
-            .await?,
-    )
+    db::events::last_id_of_run(&state.db, run_id).await
 }
 
 /// The newest value of each of `names` (metrics are keyed by run, name and step).
@@ -205,14 +149,7 @@ pub async fn latest_metrics(
 ) -> anyhow::Result<BTreeMap<String, f64>> {
     let mut out = BTreeMap::new();
     for name in names {
-        let value: Option<f64> = sqlx::query_scalar(
-            "SELECT value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step DESC LIMIT 1",
-        )
-        .bind(run_id)
-        .bind(*name)
-        .fetch_optional(&state.db)
-        .await?;
-        if let Some(v) = value {
+        if let Some(v) = db::metrics::latest(&state.db, run_id, name).await? {
             out.insert(name.to_string(), v);
         }
     }

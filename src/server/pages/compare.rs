@@ -1,7 +1,9 @@
 //! `/compare?ids=1,2,3`: several runs side by side: their results, their settings with the
 //! differences first and highlighted, and (static/compare.js) chosen metrics overlaid.
-use super::view::RunRecord;
-use super::{backend, form, format, render, Layout, PageError};
+use super::view;
+use super::{backend, form, format, render, Layout};
+use crate::db::runs::RunSummary;
+use crate::server::error::WebError;
 use crate::server::AppState;
 use crate::train::events::metric;
 use askama::Template;
@@ -175,7 +177,7 @@ pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Result<Response, PageError> {
+) -> Result<Response, WebError> {
     let (state, headers) = (&state, &headers);
     let query = query.unwrap_or_default();
     let (ids, mut problems) = parse_ids(&query);
@@ -195,7 +197,7 @@ pub async fn page(
         ids.truncate(MAX_RUNS);
     }
 
-    let mut runs: Vec<RunRecord> = Vec::new();
+    let mut runs: Vec<RunSummary> = Vec::new();
     let mut configs = Vec::new();
     for id in ids {
         match backend::get_run(state, id).await? {
@@ -216,8 +218,8 @@ pub async fn page(
         .enumerate()
         .map(|(i, r)| RunColumn {
             id: r.id,
-            name: r.display_name(),
-            state: r.state.clone(),
+            name: view::display_name(r),
+            state: r.state.to_string(),
             color: PALETTE[i % PALETTE.len()],
             differs: differs_text(&rows, i),
             final_knn: format::opt_percent(r.last_knn),

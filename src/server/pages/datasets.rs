@@ -2,9 +2,10 @@
 //! archives the server can download, each with its live progress. `POST /datasets/downloads`
 //! (form-encoded `dataset=cifar10`) starts a download without JavaScript; static/datasets.js
 //! starts it through the JSON API instead, follows it and refreshes the table when it is done.
-use super::{backend, format, render, Layout, PageError};
+use super::{backend, format, render, Layout};
 use crate::data::fetch::Archive;
 use crate::server::dataset_stats::{self, DatasetStats};
+use crate::server::error::WebError;
 use crate::server::fetch_jobs::{DownloadStatus, JobState};
 use crate::server::AppState;
 use askama::Template;
@@ -162,7 +163,7 @@ pub async fn start(
     State(state): State<AppState>,
     headers: HeaderMap,
     Form(form): Form<DownloadForm>,
-) -> Result<Response, PageError> {
+) -> Result<Response, WebError> {
     let Ok(archive) = Archive::parse(form.dataset.trim()) else {
         let page = build(
             &state,
@@ -189,7 +190,7 @@ pub async fn start(
         )
             .into_response()),
         Err(refused) => {
-            let message = backend::capitalised(refused.message());
+            let message = backend::capitalised(&refused.to_string());
             let page = build(&state, &headers, format!("{message}.")).await;
             Ok(render(StatusCode::CONFLICT, &page))
         }

@@ -103,20 +103,6 @@ pub fn script_json(value: &serde_json::Value) -> String {
         .replace('&', "\\u0026")
 }
 
-/// A config value as one line of text (tables, form inputs).
-pub fn config_value(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::Null => String::new(),
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(items) => items
-            .iter()
-            .map(config_value)
-            .collect::<Vec<_>>()
-            .join(", "),
-        other => other.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,12 +139,5 @@ mod tests {
         assert!(!s.contains("</"), "{s}");
         let back: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert_eq!(back, v);
-    }
-
-    #[test]
-    fn config_values_print_lists_plainly() {
-        assert_eq!(config_value(&serde_json::json!([0.6, 0.8])), "0.6, 0.8");
-        assert_eq!(config_value(&serde_json::json!(0.0001)), "0.0001");
-        assert_eq!(config_value(&serde_json::json!("cpu")), "cpu");
     }
 }

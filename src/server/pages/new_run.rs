@@ -2,8 +2,11 @@
 //! (POST form-encoded: 303 to the new run, or 422 with every error beside its field and the
 //! typed values kept).
 use super::form::{self, FieldView, OptionView, Values};
-use super::{backend, format, render, Layout, PageError};
-use crate::config::{FieldError, Preset, RunConfig};
+use super::{backend, format, render, view, Layout};
+use crate::config::settings::{self, Group};
+use crate::config::{Choice, FieldError, Preset, RunConfig};
+use crate::jobs::scheduler::SchedulerError;
+use crate::server::error::{parse_id, WebError};
 use crate::server::AppState;
 use askama::Template;
 use axum::extract::{Query, State};
@@ -49,6 +52,8 @@ struct NewRunPage {
     preset_links: Vec<PresetLink>,
     effective_lr: String,
     queue_rule: String,
+    /// Whether the queue / batch rule holds for the values shown.
+    queue_ok: bool,
     /// The estimated duration, or why there is none yet.
     estimate: String,
     presets_json: String,
@@ -127,7 +132,7 @@ async fn build_page(
         .unwrap_or_else(|| Preset::default_here().name().into());
     let preset = Preset::parse(&preset_name);
 
-    let mut preset_options: Vec<OptionView> = Preset::ALL
+    let mut preset_options: Vec<OptionView> = Preset::all()
         .iter()
         .map(|p| OptionView {
             value: p.name().into(),
@@ -147,9 +152,13 @@ async fn build_page(
         Some(p) => format!("{}. Every value can be changed.", p.description()),
         None => "The paper's settings to start from.".to_string(),
     };
-    let (name_spec, other_basics) = form::BASICS.split_first().expect("the form has basics");
+    let field = |s: &settings::Setting| FieldView::from_setting(s, values, errors_for(&s.key));
+    let mut other_basics = settings::in_group(Group::Basics);
+    let name_setting = other_basics
+        .next()
+        .expect("the form's basics start with the name");
     let mut basics = vec![
-        FieldView::from_spec(name_spec, values, errors_for(name_spec.key)),
+        field(name_setting),
         FieldView::select(
             form::PRESET_KEY,
             "Preset",
@@ -169,20 +178,11 @@ async fn build_page(
             )
         },
     ];
-    basics.extend(
-        other_basics
-            .iter()
-            .map(|s| FieldView::from_spec(s, values, errors_for(s.key))),
-    );
-    let sections: Vec<SectionView> = form::SECTIONS
-        .iter()
-        .map(|section| SectionView {
-            title: section.title,
-            fields: section
-                .fields
-                .iter()
-                .map(|s| FieldView::from_spec(s, values, errors_for(s.key)))
-                .collect(),
+    basics.extend(other_basics.map(field));
+    let sections: Vec<SectionView> = form::advanced_groups()
+        .map(|group| SectionView {
+            title: group.title(),
+            fields: settings::in_group(group).map(field).collect(),
         })
         .collect();
     let advanced_open = sections
@@ -190,6 +190,7 @@ async fn build_page(
         .flat_map(|s| s.fields.iter())
         .any(|f| !f.errors.is_empty());
 
+    let queue_rule = form::queue_rule(values);
     NewRunPage {
         layout: Layout::for_request("new", state, headers),
         errors: errors
@@ -208,7 +209,7 @@ async fn build_page(
         basics,
         sections,
         advanced_open,
-        preset_links: Preset::ALL
+        preset_links: Preset::all()
             .iter()
             .map(|p| PresetLink {
                 name: p.name(),
@@ -216,7 +217,8 @@ async fn build_page(
             })
             .collect(),
         effective_lr: form::effective_lr(values),
-        queue_rule: form::queue_rule(values),
+        queue_rule: queue_rule.0,
+        queue_ok: queue_rule.1,
         estimate: estimate_text(state, values).await,
         presets_json: format::script_json(&form::presets_json()),
     }
@@ -227,15 +229,15 @@ pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(query): Query<NewRunQuery>,
-) -> Result<Response, PageError> {
+) -> Result<Response, WebError> {
     let (values, note) = match (&query.from, &query.preset) {
         (Some(from), _) if !from.is_empty() => {
-            let id = super::parse_run_id(from)?;
+            let id = parse_id(from, "run")?;
             let (run, config) = backend::get_run(&state, id)
                 .await?
-                .ok_or_else(|| PageError::not_found(format!("There is no run {id}.")))?;
+                .ok_or_else(|| WebError::not_found(format!("there is no run {id}")))?;
             let mut cfg: RunConfig = serde_json::from_value(config).map_err(|e| {
-                PageError::from(anyhow::anyhow!("run {id} has an unreadable config: {e}"))
+                WebError::internal(format!("run {id} has an unreadable config: {e}"))
             })?;
             cfg.name = if run.name.is_empty() {
                 String::new()
@@ -246,16 +248,19 @@ pub async fn page(
                 form::values_from_config(&cfg),
                 format!(
                     "Settings copied from run #{id} ({}). Change what the new run should vary.",
-                    run.display_name()
+                    view::display_name(&run)
                 ),
             )
         }
         (_, Some(p)) if !p.is_empty() => {
             let preset = Preset::parse(p).ok_or_else(|| {
-                PageError::bad_request(format!(
-                    "Unknown preset {p:?}; the presets are {}.",
-                    Preset::names()
-                ))
+                WebError::bad_request(
+                    "preset",
+                    format!(
+                        "unknown preset {p:?}; the presets are {}",
+                        Preset::names_joined()
+                    ),
+                )
             })?;
             (
                 form::values_from_config(&RunConfig::preset(preset)),
@@ -271,14 +276,22 @@ pub async fn page(
     Ok(render(StatusCode::OK, &page))
 }
 
-/// POST /runs/new/estimate (the form's fields, form-encoded): the estimate line as JSON, for
-/// the script that keeps it current as the user types.
+/// POST /runs/new/estimate (the form's fields, form-encoded): the lines derived from the
+/// settings as JSON, for the script that keeps them current as the user types. The rules live
+/// here only: the script writes what it is sent.
 pub async fn estimate(
     State(state): State<AppState>,
     Form(pairs): Form<Vec<(String, String)>>,
 ) -> Response {
     let values = form::submitted_values(pairs);
-    axum::Json(serde_json::json!({"text": estimate_text(&state, &values).await})).into_response()
+    let (queue_rule, queue_ok) = form::queue_rule(&values);
+    axum::Json(serde_json::json!({
+        "text": estimate_text(&state, &values).await,
+        "effective_lr": form::effective_lr(&values),
+        "queue_rule": queue_rule,
+        "queue_ok": queue_ok,
+    }))
+    .into_response()
 }
 
 /// POST /runs/new
@@ -286,7 +299,7 @@ pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
     Form(pairs): Form<Vec<(String, String)>>,
-) -> Result<Response, PageError> {
+) -> Result<Response, WebError> {
     let submitted = form::submitted_values(pairs);
     let (doc, parse_errors) = form::partial_config(&submitted);
     // Shown again: what was typed, over the chosen preset's defaults for anything not sent (those
@@ -298,15 +311,16 @@ pub async fn submit(
     let mut values = form::values_from_config(&RunConfig::preset(preset));
     values.extend(submitted);
     let errors = if parse_errors.is_empty() {
-        match backend::create_run(&state, doc).await? {
-            Ok(id) => {
+        match state.scheduler.create(&doc).await {
+            Ok(created) => {
                 return Ok((
                     StatusCode::SEE_OTHER,
-                    [(header::LOCATION, format!("/runs/{id}"))],
+                    [(header::LOCATION, format!("/runs/{}", created.run.id))],
                 )
                     .into_response())
             }
-            Err(errors) => errors,
+            Err(SchedulerError::Invalid(errors)) => errors,
+            Err(other) => return Err(other.into()),
         }
     } else {
         form::local_errors(&doc, parse_errors)

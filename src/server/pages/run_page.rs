@@ -2,12 +2,15 @@
 //! static/run.js draws the curves and follows the run over SSE. Cancel and resume are forms that
 //! post to this module and come back with a 303.
 use super::view::{self, RunView};
-use super::{backend, form, format, parse_run_id, render, Layout, PageError};
+use super::{backend, form, format, render, Layout};
 use crate::config::RunConfig;
+use crate::db::runs::RunSummary;
+use crate::jobs::scheduler::SchedulerError;
+use crate::server::error::{RunId, WebError};
 use crate::server::AppState;
 use crate::train::events::metric;
 use askama::Template;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -105,10 +108,9 @@ fn metric_value(name: &str, v: Option<f64>) -> String {
 pub async fn page(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(raw_id): Path<String>,
+    RunId(id): RunId,
     Query(query): Query<RunQuery>,
-) -> Result<Response, PageError> {
-    let id = parse_run_id(&raw_id)?;
+) -> Result<Response, WebError> {
     let flash = match query.done.as_deref() {
         Some("cancel") => {
             "Cancel requested: the run stops after its current step and keeps a resumable checkpoint."
@@ -134,10 +136,10 @@ async fn render_page(
     flash: String,
     flash_bad: bool,
     status: StatusCode,
-) -> Result<Response, PageError> {
+) -> Result<Response, WebError> {
     let (run, config) = backend::get_run(state, id)
         .await?
-        .ok_or_else(|| PageError::not_found(format!("There is no run {id}.")))?;
+        .ok_or_else(|| WebError::not_found(format!("there is no run {id}")))?;
     let names: Vec<&str> = QUEUE_METRICS
         .iter()
         .chain(&DEVICE_METRICS)
@@ -203,8 +205,8 @@ async fn render_page(
     });
     let page = RunPage {
         layout: Layout::for_request("", state, headers),
-        can_cancel: view::can_cancel(&run.state),
-        can_resume: view::can_resume(&run.state),
+        can_cancel: run.state.can_cancel(),
+        can_resume: run.state.can_resume(),
         run: RunView::new(&run),
         flash,
         flash_bad,
@@ -224,53 +226,57 @@ async fn render_page(
     Ok(render(status, &page))
 }
 
-fn back_to_run(id: i64, done: &str) -> Response {
-    (
-        StatusCode::SEE_OTHER,
-        [(header::LOCATION, format!("/runs/{id}?done={done}"))],
-    )
-        .into_response()
+/// After a cancel or resume form: 303 back to the run with `done` for its flash, or the run
+/// page with the reason the scheduler refused (409).
+async fn after_action(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: i64,
+    done: &str,
+    result: Result<RunSummary, SchedulerError>,
+) -> Result<Response, WebError> {
+    match result {
+        Ok(_) => Ok((
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, format!("/runs/{id}?done={done}"))],
+        )
+            .into_response()),
+        Err(SchedulerError::Conflict(problem)) => {
+            let problem = backend::capitalised(&problem);
+            render_page(state, headers, id, problem, true, StatusCode::CONFLICT).await
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
-/// POST /runs/{id}/cancel: 303 back to the run, or the run page with the reason (409).
+/// POST /runs/{id}/cancel
 pub async fn cancel(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(raw_id): Path<String>,
-) -> Result<Response, PageError> {
-    let id = parse_run_id(&raw_id)?;
-    match backend::cancel_run(&state, id).await? {
-        Ok(()) => Ok(back_to_run(id, "cancel")),
-        Err(problem) => {
-            render_page(&state, &headers, id, problem, true, StatusCode::CONFLICT).await
-        }
-    }
+    RunId(id): RunId,
+) -> Result<Response, WebError> {
+    let result = state.scheduler.cancel(id).await;
+    after_action(&state, &headers, id, "cancel", result).await
 }
 
-/// POST /runs/{id}/resume: 303 back to the run, or the run page with the reason (409).
+/// POST /runs/{id}/resume
 pub async fn resume(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Path(raw_id): Path<String>,
-) -> Result<Response, PageError> {
-    let id = parse_run_id(&raw_id)?;
-    match backend::resume_run(&state, id).await? {
-        Ok(()) => Ok(back_to_run(id, "resume")),
-        Err(problem) => {
-            render_page(&state, &headers, id, problem, true, StatusCode::CONFLICT).await
-        }
-    }
+    RunId(id): RunId,
+) -> Result<Response, WebError> {
+    let result = state.scheduler.resume(id).await;
+    after_action(&state, &headers, id, "resume", result).await
 }
 
 /// GET /runs/{id}/augment-preview.png: view pairs of a few images under the run's recipe.
 pub async fn augment_preview(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
-) -> Result<Response, PageError> {
-    let id = parse_run_id(&raw_id)?;
+    RunId(id): RunId,
+) -> Result<Response, WebError> {
     let (_, config) = backend::get_run(&state, id)
         .await?
-        .ok_or_else(|| PageError::not_found(format!("There is no run {id}.")))?;
+        .ok_or_else(|| WebError::not_found(format!("there is no run {id}")))?;
     let config: RunConfig = serde_json::from_value(config)
         .map_err(|e| anyhow::anyhow!("run {id} has an unreadable config: {e}"))?;
     let png = backend::augment_preview_png(&state, id, &config).await?;

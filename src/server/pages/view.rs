@@ -1,105 +1,39 @@
-//! A run as the pages show it, built from the API's run summary (the same fields the scripts
-//! receive from /api/runs, so server-rendered and live values agree).
+//! A run as the pages show it, formatted from the one run summary (`db::runs::RunSummary`, the
+//! same fields the scripts receive from /api/runs, so server-rendered and live values agree).
 use super::format;
-use crate::db::runs::RunState;
-use serde::Deserialize;
+use crate::config::Choice;
+use crate::db::runs::{RunState, RunSummary};
 
-/// The JSON API's RunSummary.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RunRecord {
-    pub id: i64,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub preset: String,
-    #[serde(default)]
-    pub dataset: String,
-    pub state: String,
-    #[serde(default)]
-    pub device: String,
-    #[serde(default)]
-    pub error: Option<String>,
-    #[serde(default)]
-    pub created_at: String,
-    #[serde(default)]
-    pub started_at: Option<String>,
-    #[serde(default)]
-    pub finished_at: Option<String>,
-    #[serde(default)]
-    pub step: i64,
-    #[serde(default)]
-    pub epoch: i64,
-    #[serde(default)]
-    pub total_steps: i64,
-    #[serde(default)]
-    pub epochs: i64,
-    #[serde(default)]
-    pub progress: f64,
-    #[serde(default)]
-    pub eta_seconds: Option<f64>,
-    #[serde(default)]
-    pub last_loss: Option<f64>,
-    #[serde(default)]
-    pub images_per_sec: Option<f64>,
-    #[serde(default)]
-    pub best_knn: Option<f64>,
-    #[serde(default)]
-    pub last_knn: Option<f64>,
-}
-
-impl RunRecord {
-    pub fn from_json(value: serde_json::Value) -> anyhow::Result<RunRecord> {
-        Ok(serde_json::from_value(value)?)
-    }
-
-    /// The name, or "run N" for runs started without one.
-    pub fn display_name(&self) -> String {
-        if self.name.trim().is_empty() {
-            format!("run {}", self.id)
-        } else {
-            self.name.clone()
-        }
+/// The name, or "run N" for runs started without one.
+pub fn display_name(run: &RunSummary) -> String {
+    if run.name.trim().is_empty() {
+        format!("run {}", run.id)
+    } else {
+        run.name.clone()
     }
 }
 
-/// The run states, in the order the filter shows them.
-pub const STATES: [&str; 6] = [
-    "queued",
-    "running",
-    "completed",
-    "failed",
-    "cancelled",
-    "interrupted",
-];
-
-/// The states in which the scheduler accepts a resume (the run page shows its button then).
+/// The states in which the scheduler accepts a resume (the run page's script shows its button
+/// then).
 pub fn resumable_states() -> Vec<&'static str> {
-    RunState::ALL
-        .into_iter()
+    RunState::all()
+        .iter()
         .filter(|s| s.can_resume())
-        .map(RunState::as_str)
+        .map(|s| s.as_str())
         .collect()
 }
 
 /// The states in which the scheduler accepts a cancel.
 pub fn cancellable_states() -> Vec<&'static str> {
-    RunState::ALL
-        .into_iter()
+    RunState::all()
+        .iter()
         .filter(|s| s.can_cancel())
-        .map(RunState::as_str)
+        .map(|s| s.as_str())
         .collect()
 }
 
-pub fn can_cancel(state: &str) -> bool {
-    RunState::parse(state).is_some_and(RunState::can_cancel)
-}
-
-pub fn can_resume(state: &str) -> bool {
-    RunState::parse(state).is_some_and(RunState::can_resume)
-}
-
 /// Progress as text; static/app.js `progressText` writes the same.
-pub fn progress_text(run: &RunRecord) -> String {
+pub fn progress_text(run: &RunSummary) -> String {
     let pct = (run.progress.clamp(0.0, 1.0) * 1000.0).round() / 10.0;
     // The summary's epoch is 1-based (0 before the first step).
     let epoch = run.epoch.clamp(0, run.epochs.max(0));
@@ -110,7 +44,7 @@ pub fn progress_text(run: &RunRecord) -> String {
         run.step.to_string()
     };
     let mut text = format!("{pct:.1} % · epoch {epoch}/{} · step {steps}", run.epochs);
-    if run.state == "running" {
+    if run.state == RunState::Running {
         if let Some(eta) = run.eta_seconds.filter(|e| e.is_finite()) {
             text.push_str(&format!(" · ETA {}", format::duration(eta)));
         }
@@ -143,7 +77,7 @@ pub struct RunView {
 }
 
 impl RunView {
-    pub fn new(run: &RunRecord) -> RunView {
+    pub fn new(run: &RunSummary) -> RunView {
         let time = |t: &Option<String>| t.clone().unwrap_or_default();
         let short = |t: &Option<String>| t.as_deref().map(format::short_time).unwrap_or_default();
         let progress = if run.progress.is_finite() {
@@ -153,10 +87,10 @@ impl RunView {
         };
         RunView {
             id: run.id,
-            name: run.display_name(),
+            name: display_name(run),
             preset: run.preset.clone(),
             dataset: run.dataset.clone(),
-            state: run.state.clone(),
+            state: run.state.to_string(),
             device: run.device.clone(),
             error: run.error.clone().unwrap_or_default(),
             progress,
@@ -180,20 +114,34 @@ impl RunView {
 mod tests {
     use super::*;
 
-    fn record(state: &str) -> RunRecord {
-        RunRecord::from_json(serde_json::json!({
-            "id": 7, "name": "", "preset": "cifar", "dataset": "synthetic", "state": state,
-            "device": "cpu", "error": null, "created_at": "2026-01-02T03:04:05Z",
-            "started_at": "2026-01-02T03:04:06Z", "finished_at": null, "step": 30, "epoch": 2,
-            "total_steps": 120, "epochs": 4, "progress": 0.25, "eta_seconds": 95.0,
-            "last_loss": 6.123456, "images_per_sec": 812.345, "best_knn": 41.5, "last_knn": null
-        }))
-        .unwrap()
+    fn record(state: RunState) -> RunSummary {
+        RunSummary {
+            id: 7,
+            name: String::new(),
+            preset: "cifar".into(),
+            dataset: "synthetic".into(),
+            state,
+            device: "cpu".into(),
+            error: None,
+            created_at: "2026-01-02T03:04:05Z".into(),
+            started_at: Some("2026-01-02T03:04:06Z".into()),
+            finished_at: None,
+            step: 30,
+            epoch: 2,
+            total_steps: 120,
+            epochs: 4,
+            progress: 0.25,
+            eta_seconds: Some(95.0),
+            last_loss: Some(6.123456),
+            images_per_sec: Some(812.345),
+            best_knn: Some(41.5),
+            last_knn: None,
+        }
     }
 
     #[test]
     fn a_running_run_shows_progress_and_eta() {
-        let v = RunView::new(&record("running"));
+        let v = RunView::new(&record(RunState::Running));
         assert_eq!(v.name, "run 7");
         assert_eq!(
             v.progress_text,
@@ -209,9 +157,10 @@ mod tests {
 
     #[test]
     fn actions_follow_the_scheduler_rules() {
-        assert!(can_cancel("running") && can_cancel("queued") && can_cancel("interrupted"));
-        assert!(!can_cancel("completed"));
-        assert!(can_resume("failed") && can_resume("cancelled") && !can_resume("running"));
+        assert_eq!(
+            cancellable_states(),
+            vec!["queued", "running", "interrupted"]
+        );
         assert_eq!(
             resumable_states(),
             vec!["failed", "cancelled", "interrupted"]
@@ -220,7 +169,7 @@ mod tests {
 
     #[test]
     fn steps_are_counted_before_their_total_is_known() {
-        let mut run = record("queued");
+        let mut run = record(RunState::Queued);
         run.total_steps = 0;
         run.step = 0;
         run.epoch = 0;
@@ -230,7 +179,7 @@ mod tests {
 
     #[test]
     fn a_finished_run_has_no_eta() {
-        let v = RunView::new(&record("completed"));
+        let v = RunView::new(&record(RunState::Completed));
         assert_eq!(v.progress_text, "25.0 % · epoch 2/4 · step 30/120");
     }
 }

@@ -1,12 +1,12 @@
 //! The scheduler: starts queued runs in order on their device, cancels, resumes and deletes runs,
 //! and stops everything on shutdown. The database is the truth for run state; this keeps only what
 //! cannot live there (the stop flags and threads of running runs).
-use super::hub::{state_data, EventHub};
-use super::paths;
-use super::recorder::{self, Recorder, RecorderMsg};
-use super::worker::{ChannelObserver, DeviceWorkers, Job};
-use crate::config::{parse_device, DatasetKind, FieldError, Preset, RunConfig};
+use crate::config::{parse_device, FieldError, RunConfig};
 use crate::db::{self, runs::RunState, runs::RunSummary};
+use crate::jobs::hub::{state_data, EventHub};
+use crate::jobs::paths::{check_dataset, run_dir};
+use crate::jobs::recorder::{self, Recorder, RecorderMsg};
+use crate::jobs::worker::{ChannelObserver, DeviceWorkers, Job};
 use crate::train::stop::StopFlag;
 use crate::train::TrainRequest;
 use anyhow::Context;
@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
+
+mod actions;
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
@@ -38,29 +40,19 @@ impl Default for SchedulerOptions {
     }
 }
 
-/// Why an action on a run was refused (the API answers 404 or 409 with the message).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refused {
-    NotFound(String),
+/// Why the scheduler did not do what it was asked: the web layer answers 404, 409, 422 or 500.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("there is no run {0}")]
+    NotFound(i64),
+    /// The run's state does not allow it (the sentence says why).
+    #[error("{0}")]
     Conflict(String),
-}
-
-impl Refused {
-    pub fn message(&self) -> &str {
-        match self {
-            Refused::NotFound(m) | Refused::Conflict(m) => m,
-        }
-    }
-
-    fn not_found(id: i64) -> Refused {
-        Refused::NotFound(format!("there is no run {id}"))
-    }
-}
-
-impl std::fmt::Display for Refused {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.message())
-    }
+    /// The config is invalid: every bad field named, nothing stored.
+    #[error("the config is invalid")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
 }
 
 /// A stored, queued run.
@@ -205,190 +197,16 @@ impl Scheduler {
         }
         if inner.options.auto_resume {
             for id in db::runs::ids_in_state(&inner.pool, RunState::Interrupted).await? {
-                match self.resume(id).await? {
+                match self.resume(id).await {
                     Ok(_) => {
                         tracing::info!(run = id, "interrupted run queued again (--auto-resume)")
                     }
+                    Err(SchedulerError::Internal(e)) => return Err(e),
                     Err(refused) => tracing::warn!(run = id, "cannot resume: {refused}"),
                 }
             }
         }
         Ok(())
-    }
-
-    /// Validates a partial config (the JSON API's body, the form's fields), stores it as a queued
-    /// run and wakes the dispatcher. Invalid input stores nothing and names every bad field.
-    pub async fn create(
-        &self,
-        doc: &serde_json::Value,
-    ) -> anyhow::Result<Result<CreatedRun, Vec<FieldError>>> {
-        let config = match RunConfig::from_partial_json(doc, Preset::Cifar) {
-            Ok(c) => c,
-            Err(errors) => return Ok(Err(errors)),
-        };
-        let mut errors = Vec::new();
-        let device = match parse_device(&config.device).map(|d| d.resolve()) {
-            Some(Ok(device)) => device_name(device),
-            Some(Err(message)) => {
-                errors.push(FieldError::new("device", message));
-                String::new()
-            }
-            None => {
-                errors.push(FieldError::new("device", "must be auto, cpu or cuda:N"));
-                String::new()
-            }
-        };
-        if let Err(e) = check_dataset(&self.inner.data_dir, &config) {
-            errors.push(e);
-        }
-        if !errors.is_empty() {
-            return Ok(Err(errors));
-        }
-        let id = db::runs::insert(&self.inner.pool, &config, &device).await?;
-        self.inner
-            .hub
-            .record(
-                &self.inner.pool,
-                id,
-                "state",
-                &state_data(RunState::Queued, None, 0),
-            )
-            .await?;
-        let (run, config) = db::runs::get_with_config(&self.inner.pool, id)
-            .await?
-            .context("the new run disappeared")?;
-        tracing::info!(run = id, name = %run.name, device = %run.device, "run queued");
-        self.inner.wake.notify_one();
-        Ok(Ok(CreatedRun { run, config }))
-    }
-
-    /// Cancels a run: a queued (or interrupted) run never starts; a running one stops within a
-    /// step, writing a full checkpoint, and ends 'cancelled'.
-    pub async fn cancel(&self, id: i64) -> anyhow::Result<Result<RunSummary, Refused>> {
-        // A queued run may start while we look: read again when the state moved under us.
-        for _ in 0..3 {
-            let Some(run) = db::runs::get(&self.inner.pool, id).await? else {
-                return Ok(Err(Refused::not_found(id)));
-            };
-            match run.state {
-                RunState::Queued | RunState::Interrupted => {
-                    if self
-                        .change_state(id, &[run.state], RunState::Cancelled)
-                        .await?
-                    {
-                        tracing::info!(run = id, "run cancelled before it trained");
-                        return self.summary(id).await;
-                    }
-                }
-                RunState::Running => {
-                    let stop = self
-                        .inner
-                        .slots
-                        .lock()
-                        .unwrap()
-                        .active
-                        .get(&id)
-                        .map(|a| a.stop.clone());
-                    match stop {
-                        Some(stop) => {
-                            stop.cancel();
-                            db::runs::request_cancel(&self.inner.pool, id).await?;
-                            tracing::info!(run = id, "cancel requested");
-                            return Ok(Ok(run));
-                        }
-                        // Just finished: its end is being stored.
-                        None => tokio::time::sleep(Duration::from_millis(50)).await,
-                    }
-                }
-                state => {
-                    return Ok(Err(Refused::Conflict(format!(
-                        "run {id} is {state}: only queued, running or interrupted runs can be \
-                         cancelled"
-                    ))))
-                }
-            }
-        }
-        Ok(Err(Refused::Conflict(format!(
-            "run {id} changed state while it was being cancelled; try again"
-        ))))
-    }
-
-    /// Queues an interrupted, cancelled or failed run again; it continues from its latest full
-    /// checkpoint (or from the start when it has none).
-    pub async fn resume(&self, id: i64) -> anyhow::Result<Result<RunSummary, Refused>> {
-        let Some(run) = db::runs::get(&self.inner.pool, id).await? else {
-            return Ok(Err(Refused::not_found(id)));
-        };
-        if !run.state.can_resume() {
-            let why = match run.state {
-                RunState::Completed => "it already completed",
-                RunState::Running => "it is running",
-                _ => "it is already queued",
-            };
-            return Ok(Err(Refused::Conflict(format!(
-                "run {id} cannot be resumed: {why}"
-            ))));
-        }
-        if !self
-            .change_state(
-                id,
-                &[RunState::Interrupted, RunState::Cancelled, RunState::Failed],
-                RunState::Queued,
-            )
-            .await?
-        {
-            return Ok(Err(Refused::Conflict(format!(
-                "run {id} changed state meanwhile; try again"
-            ))));
-        }
-        tracing::info!(run = id, "run queued again");
-        self.inner.wake.notify_one();
-        self.summary(id).await
-    }
-
-    /// Deletes a run that is not running, with its rows and its files.
-    pub async fn delete(&self, id: i64) -> anyhow::Result<Result<(), Refused>> {
-        let Some(run) = db::runs::get(&self.inner.pool, id).await? else {
-            return Ok(Err(Refused::not_found(id)));
-        };
-        if run.state == RunState::Running
-            || !db::runs::delete_unless_running(&self.inner.pool, id).await?
-        {
-            return Ok(Err(Refused::Conflict(format!(
-                "run {id} is running: cancel it first, then delete it"
-            ))));
-        }
-        let dir = run_dir(&self.inner.data_dir, id);
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::error!(run = id, dir = %dir.display(), "cannot remove the run's files: {e}")
-            }
-        }
-        tracing::info!(run = id, "run deleted");
-        Ok(Ok(()))
-    }
-
-    async fn summary(&self, id: i64) -> anyhow::Result<Result<RunSummary, Refused>> {
-        Ok(db::runs::get(&self.inner.pool, id)
-            .await?
-            .ok_or_else(|| Refused::not_found(id)))
-    }
-
-    /// Moves a run between states with its `state` event, atomically.
-    async fn change_state(&self, id: i64, from: &[RunState], to: RunState) -> anyhow::Result<bool> {
-        let inner = &self.inner;
-        let _guard = inner.hub.lock().await;
-        let mut tx = inner.pool.begin().await?;
-        if !db::runs::transition(&mut tx, id, from, to).await? {
-            return Ok(false);
-        }
-        let step = step_of(&mut tx, id).await?;
-        let event = db::events::insert(&mut tx, id, "state", &state_data(to, None, step)).await?;
-        tx.commit().await?;
-        inner.hub.broadcast([event]);
-        Ok(true)
     }
 
     /// A training thread is free again (its run's end is stored).
@@ -430,7 +248,7 @@ impl Scheduler {
         // The newest full checkpoint whose file is still there.
         let mut resume_from = None;
         for ckpt in db::checkpoints::full_newest_first(&inner.pool, id).await? {
-            if let Some(path) = paths::registered_file(&inner.data_dir, &ckpt.path) {
+            if let Some(path) = crate::jobs::paths::registered_file(&inner.data_dir, &ckpt.path) {
                 resume_from = Some((path, ckpt.step));
                 break;
             }
@@ -547,17 +365,8 @@ impl Scheduler {
         inner.slots.lock().unwrap().active.remove(&id);
         let _guard = inner.hub.lock().await;
         let mut tx = inner.pool.begin().await?;
-        let done = sqlx::query(
-            "UPDATE runs SET state = 'failed', error = ?, finished_at = ? \
-             WHERE id = ? AND state IN ('queued', 'running')",
-        )
-        .bind(message)
-        .bind(db::now())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 1 {
-            let step = step_of(&mut tx, id).await?;
+        if db::runs::fail_if_queued(&mut tx, id, message).await? {
+            let step = db::runs::step_of(&mut tx, id).await?;
             let event = db::events::insert(
                 &mut tx,
                 id,
@@ -631,69 +440,11 @@ async fn interrupt_runs_left_running(inner: &Inner, reason: &str) -> anyhow::Res
     let ids = db::runs::interrupt_stale(&mut tx, reason).await?;
     let mut events = Vec::new();
     for &id in &ids {
-        let step = step_of(&mut tx, id).await?;
+        let step = db::runs::step_of(&mut tx, id).await?;
         let data = state_data(RunState::Interrupted, Some(reason), step);
         events.push(db::events::insert(&mut tx, id, "state", &data).await?);
     }
     tx.commit().await?;
     inner.hub.broadcast(events);
     Ok(ids)
-}
-
-async fn step_of(conn: &mut sqlx::SqliteConnection, id: i64) -> anyhow::Result<i64> {
-    let (step,): (i64,) = sqlx::query_as("SELECT step FROM runs WHERE id = ?")
-        .bind(id)
-        .fetch_one(conn)
-        .await?;
-    Ok(step)
-}
-
-/// Where run `id` keeps its files.
-pub fn run_dir(data_dir: &Path, id: i64) -> PathBuf {
-    data_dir.join("runs").join(id.to_string())
-}
-
-/// "cpu" or "cuda:N".
-pub fn device_name(device: tch::Device) -> String {
-    match device {
-        tch::Device::Cuda(n) => format!("cuda:{n}"),
-        tch::Device::Mps => "mps".into(),
-        tch::Device::Vulkan => "vulkan".into(),
-        _ => "cpu".into(),
-    }
-}
-
-/// The server's own checks of a dataset: its path must resolve inside the data directory and hold
-/// a dataset of the kind the config names.
-pub fn check_dataset(data_dir: &Path, config: &RunConfig) -> Result<(), FieldError> {
-    let ds = &config.dataset;
-    if ds.kind == DatasetKind::Synthetic {
-        return Ok(());
-    }
-    let Some(rel) = ds.path.as_deref() else {
-        return Err(FieldError::new(
-            "dataset.path",
-            format!("is required for a {} dataset", ds.kind.name()),
-        ));
-    };
-    let path = paths::resolve_inside(data_dir, rel)
-        .map_err(|message| FieldError::new("dataset.path", message))?;
-    match crate::data::detect_kind(&path) {
-        Some(kind) if kind == ds.kind => Ok(()),
-        Some(kind) => Err(FieldError::new(
-            "dataset.kind",
-            format!(
-                "{rel:?} holds a {} dataset, not {}",
-                kind.name(),
-                ds.kind.name()
-            ),
-        )),
-        None => Err(FieldError::new(
-            "dataset.path",
-            format!(
-                "{rel:?} is not a recognised dataset (CIFAR-10/100 binary, STL-10 binary, or a \
-                 folder of class subfolders holding JPEG/PNG images)"
-            ),
-        )),
-    }
 }

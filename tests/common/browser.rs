@@ -1,75 +1,11 @@
-//! Shared by the dashboard tests: the real server binary on 127.0.0.1:0 with a temporary data
-//! directory, and headless Chromium driven through chromedriver (WebDriver).
-#![allow(dead_code)]
+//! Headless Chromium driven through chromedriver (WebDriver), for the dashboard's browser tests,
+//! and where those tests leave their screenshots.
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// The moco-server binary serving a data directory.
-pub struct Server {
-    child: Child,
-    pub url: String,
-    pub data_dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    pub fn start(data_dir: &Path) -> Server {
-        Server::start_with(data_dir, &[])
-    }
-
-    /// With more `serve` flags (e.g. `--token`).
-    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Server {
-        Server::start_with_env(data_dir, extra, &[])
-    }
-
-    /// With more `serve` flags and environment variables (e.g. a download mirror).
-    pub fn start_with_env(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_moco-server"))
-            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .env_remove("MOCO_TOKEN")
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start moco-server");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("the server printed its URL before exiting")
-                .unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.trim().trim_end_matches('/').to_string();
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server {
-            child,
-            url,
-            data_dir: data_dir.to_path_buf(),
-        }
-    }
-
-    pub fn at(&self, path: &str) -> String {
-        format!("{}{}", self.url, path)
-    }
-}
 
 /// Where tests leave screenshots: target/test-artifacts/.
 pub fn artifacts_dir() -> PathBuf {
@@ -81,7 +17,8 @@ pub fn artifacts_dir() -> PathBuf {
     dir
 }
 
-fn find_program(names: &[&str]) -> Option<PathBuf> {
+/// The first of `names` found on the PATH.
+pub fn find_program(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     for dir in std::env::split_paths(&path) {
         for name in names {
@@ -94,7 +31,8 @@ fn find_program(names: &[&str]) -> Option<PathBuf> {
     None
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -298,6 +236,16 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no input {css}: {e}"));
         el.clear().await.unwrap();
         el.send_keys(value).await.unwrap();
+    }
+
+    /// The text of `css` once it satisfies `ok` (text the page fills in from a request).
+    pub async fn wait_text(&self, css: &str, ok: impl Fn(&str) -> bool) -> String {
+        self.wait_until(
+            &format!("the text of {css}"),
+            Duration::from_secs(10),
+            || async { Some(self.text(css).await).filter(|t| ok(t)) },
+        )
+        .await
     }
 
     /// Waits until `check` returns Some, polling every 200 ms, for at most `timeout`.

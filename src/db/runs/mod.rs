@@ -1,82 +1,22 @@
 //! The `runs` table: one row per run, its state machine and the progress columns the recorder
-//! keeps current so lists never scan the metrics.
+//! keeps current so lists never scan the metrics. Every query of the table lives here (each move
+//! of the state machine is one), which is why the file is long; the state and the list order
+//! are in `state` and `order`.
+use crate::config::Choice;
 use crate::config::RunConfig;
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, SqliteConnection, SqlitePool};
-use std::fmt;
 
-/// Where a run is in its life.
-///
-/// queued → running → completed | failed | cancelled | interrupted; interrupted, cancelled and
-/// failed runs can be resumed (back to queued), a queued or interrupted run can be cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RunState {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    Cancelled,
-    /// The process stopped while the run was training; it can resume from its last checkpoint.
-    Interrupted,
-}
+mod order;
+mod state;
 
-impl RunState {
-    pub const ALL: [RunState; 6] = [
-        RunState::Queued,
-        RunState::Running,
-        RunState::Completed,
-        RunState::Failed,
-        RunState::Cancelled,
-        RunState::Interrupted,
-    ];
+pub use order::{RunFilter, RunSort, SortKey};
+pub use state::RunState;
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::Queued => "queued",
-            RunState::Running => "running",
-            RunState::Completed => "completed",
-            RunState::Failed => "failed",
-            RunState::Cancelled => "cancelled",
-            RunState::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RunState> {
-        RunState::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
-    /// Nothing will change the run by itself any more.
-    pub fn is_finished(self) -> bool {
-        !matches!(self, RunState::Queued | RunState::Running)
-    }
-
-    /// The run can be queued again (continuing from its latest full checkpoint, if any).
-    pub fn can_resume(self) -> bool {
-        matches!(
-            self,
-            RunState::Interrupted | RunState::Cancelled | RunState::Failed
-        )
-    }
-
-    /// The run can be cancelled (a running one stops within a step and keeps a checkpoint).
-    pub fn can_cancel(self) -> bool {
-        matches!(
-            self,
-            RunState::Queued | RunState::Running | RunState::Interrupted
-        )
-    }
-}
-
-impl fmt::Display for RunState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A run as lists and the API show it (the JSON API's `RunSummary`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A run as lists, pages and the API show it: the one summary type from the database to the
+/// pages and the JSON API's `RunSummary`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RunSummary {
     pub id: i64,
     pub name: String,
@@ -89,8 +29,11 @@ pub struct RunSummary {
     /// Why the run failed (failed runs), or the last start error.
     pub error: Option<String>,
     /// RFC 3339 times.
+    #[schemars(extend("format" = "date-time"))]
     pub created_at: String,
+    #[schemars(extend("format" = "date-time"))]
     pub started_at: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
     pub finished_at: Option<String>,
     /// Optimizer steps taken.
     pub step: i64,
@@ -119,7 +62,7 @@ pub struct RunRow {
     pub preset: String,
     pub dataset: String,
     pub config: String,
-    pub state: String,
+    pub state: RunState,
     pub device: String,
     pub error: Option<String>,
     pub created_at: String,
@@ -144,11 +87,6 @@ const COLUMNS: &str = "id, name, preset, dataset, config, state, device, error, 
      last_knn, cancel_requested, epochs, batch_size, steps_per_epoch, attempts";
 
 impl RunRow {
-    pub fn state(&self) -> RunState {
-        // The CHECK constraint keeps the column to the six names.
-        RunState::parse(&self.state).unwrap_or(RunState::Failed)
-    }
-
     /// The stored config; rows are only written from validated configs.
     pub fn config(&self) -> anyhow::Result<RunConfig> {
         serde_json::from_str(&self.config)
@@ -156,7 +94,7 @@ impl RunRow {
     }
 
     pub fn summary(&self) -> RunSummary {
-        let state = self.state();
+        let state = self.state;
         let progress = if state == RunState::Completed {
             1.0
         } else if self.total_steps > 0 {
@@ -196,75 +134,6 @@ impl RunRow {
     }
 }
 
-/// The order of a run list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunSort {
-    #[default]
-    CreatedDesc,
-    CreatedAsc,
-    NameAsc,
-    NameDesc,
-    /// Best kNN accuracy first (runs without one last).
-    KnnDesc,
-    /// Grouped by state: running, queued, interrupted, then finished runs; newest first within.
-    State,
-}
-
-impl RunSort {
-    pub const ALL: [RunSort; 6] = [
-        RunSort::CreatedDesc,
-        RunSort::CreatedAsc,
-        RunSort::NameAsc,
-        RunSort::NameDesc,
-        RunSort::KnnDesc,
-        RunSort::State,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunSort::CreatedDesc => "created_desc",
-            RunSort::CreatedAsc => "created_asc",
-            RunSort::NameAsc => "name_asc",
-            RunSort::NameDesc => "name_desc",
-            RunSort::KnnDesc => "knn_desc",
-            RunSort::State => "state",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<RunSort> {
-        RunSort::ALL.into_iter().find(|o| o.as_str() == s)
-    }
-
-    fn order_by(self) -> &'static str {
-        match self {
-            RunSort::CreatedDesc => "id DESC",
-            RunSort::CreatedAsc => "id ASC",
-            RunSort::NameAsc => "name COLLATE NOCASE ASC, id DESC",
-            RunSort::NameDesc => "name COLLATE NOCASE DESC, id DESC",
-            RunSort::KnnDesc => "best_knn IS NULL, best_knn DESC, id DESC",
-            RunSort::State => {
-                "CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 WHEN 'interrupted' THEN 2 \
-                 ELSE 3 END, id DESC"
-            }
-        }
-    }
-}
-
-/// Which runs a list shows.
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub state: Option<RunState>,
-    pub preset: Option<String>,
-    /// Case-insensitive substring of the name.
-    pub search: Option<String>,
-    /// Only these runs (the compare page).
-    pub ids: Option<Vec<i64>>,
-    pub sort: RunSort,
-    /// At most this many (newest by the sort); None = all.
-    pub limit: Option<i64>,
-}
-
 /// Runs matching `filter`, in its order.
 pub async fn list(pool: &SqlitePool, filter: &RunFilter) -> anyhow::Result<Vec<RunSummary>> {
     let mut sql = format!("SELECT {COLUMNS} FROM runs WHERE 1 = 1");
@@ -286,13 +155,13 @@ pub async fn list(pool: &SqlitePool, filter: &RunFilter) -> anyhow::Result<Vec<R
         sql.push_str(&format!(" AND id IN ({})", list.join(",")));
     }
     sql.push_str(" ORDER BY ");
-    sql.push_str(filter.sort.order_by());
+    sql.push_str(&filter.sort.order_by());
     if let Some(limit) = filter.limit {
         sql.push_str(&format!(" LIMIT {}", limit.max(0)));
     }
     let mut query = sqlx::query_as::<_, RunRow>(&sql);
     if let Some(state) = filter.state {
-        query = query.bind(state.as_str());
+        query = query.bind(state);
     }
     if let Some(preset) = &filter.preset {
         query = query.bind(preset.clone());
@@ -325,6 +194,45 @@ pub async fn get_row(pool: &SqlitePool, id: i64) -> anyhow::Result<Option<RunRow
         .with_context(|| format!("cannot read run {id}"))
 }
 
+/// The steps run `id` has taken, inside a transaction.
+pub async fn step_of(conn: &mut SqliteConnection, id: i64) -> anyhow::Result<i64> {
+    let (step,): (i64,) = sqlx::query_as("SELECT step FROM runs WHERE id = ?")
+        .bind(id)
+        .fetch_one(conn)
+        .await
+        .with_context(|| format!("cannot read the step of run {id}"))?;
+    Ok(step)
+}
+
+/// Fails a queued (or just started) run with `message`; false when it was in another state.
+pub async fn fail_if_queued(
+    conn: &mut SqliteConnection,
+    id: i64,
+    message: &str,
+) -> anyhow::Result<bool> {
+    let done = sqlx::query(
+        "UPDATE runs SET state = 'failed', error = ?, finished_at = ? \
+         WHERE id = ? AND state IN ('queued', 'running')",
+    )
+    .bind(message)
+    .bind(super::now())
+    .bind(id)
+    .execute(conn)
+    .await
+    .with_context(|| format!("cannot fail run {id}"))?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Whether run `id` exists.
+pub async fn exists(pool: &SqlitePool, id: i64) -> anyhow::Result<bool> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT id FROM runs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .with_context(|| format!("cannot read run {id}"))?;
+    Ok(found.is_some())
+}
+
 /// Run `id` as the API shows it.
 pub async fn get(pool: &SqlitePool, id: i64) -> anyhow::Result<Option<RunSummary>> {
     Ok(get_row(pool, id).await?.map(|r| r.summary()))
@@ -348,9 +256,9 @@ pub async fn count_by_state(pool: &SqlitePool) -> anyhow::Result<Vec<(RunState, 
             .fetch_all(pool)
             .await
             .context("cannot count runs")?;
-    Ok(RunState::ALL
-        .into_iter()
-        .map(|s| {
+    Ok(RunState::all()
+        .iter()
+        .map(|&s| {
             let n = rows
                 .iter()
                 .find(|(name, _)| name == s.as_str())
@@ -628,4 +536,97 @@ pub async fn presets_in_use(pool: &SqlitePool) -> anyhow::Result<Vec<String>> {
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().map(|(p,)| p).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Preset;
+
+    async fn three_runs() -> (tempfile::TempDir, SqlitePool) {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = super::super::open(&dir.path().join("runs.db"))
+            .await
+            .unwrap();
+        for (name, knn, state) in [
+            ("beta", Some(40.0), "completed"),
+            ("Alpha", None, "failed"),
+            ("gamma", Some(55.0), "completed"),
+        ] {
+            let cfg = RunConfig {
+                name: name.into(),
+                ..RunConfig::preset(Preset::Demo)
+            };
+            let id = insert(&pool, &cfg, "cpu").await.unwrap();
+            sqlx::query("UPDATE runs SET best_knn = ?, state = ? WHERE id = ?")
+                .bind(knn)
+                .bind(state)
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        (dir, pool)
+    }
+
+    async fn names(pool: &SqlitePool, filter: RunFilter) -> Vec<String> {
+        list(pool, &filter)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn lists_sort_in_sql_with_missing_values_last_either_way() {
+        let (_dir, pool) = three_runs().await;
+        let sorted = |name: &str| RunFilter {
+            sort: RunSort::parse(name).unwrap(),
+            ..RunFilter::default()
+        };
+        assert_eq!(
+            names(&pool, sorted("knn_desc")).await,
+            ["gamma", "beta", "Alpha"]
+        );
+        assert_eq!(
+            names(&pool, sorted("knn_asc")).await,
+            ["beta", "gamma", "Alpha"]
+        );
+        assert_eq!(
+            names(&pool, sorted("name_asc")).await,
+            ["Alpha", "beta", "gamma"]
+        );
+        assert_eq!(
+            names(&pool, sorted("created_desc")).await,
+            ["gamma", "Alpha", "beta"]
+        );
+        // Completed runs count as done: progress 1 before the failed run's 0.
+        assert_eq!(
+            names(&pool, sorted("progress_desc")).await,
+            ["gamma", "beta", "Alpha"]
+        );
+        let failed = RunFilter {
+            state: Some(RunState::Failed),
+            ..RunFilter::default()
+        };
+        assert_eq!(names(&pool, failed).await, ["Alpha"]);
+        let counts = count_by_state(&pool).await.unwrap();
+        assert!(counts.contains(&(RunState::Completed, 2)));
+        assert!(counts.contains(&(RunState::Queued, 0)));
+    }
+
+    #[test]
+    fn sort_names_round_trip() {
+        for name in RunSort::names() {
+            let sort = RunSort::parse(&name).unwrap();
+            if name != "state" {
+                assert_eq!(sort.name(), name);
+            }
+        }
+        assert_eq!(RunSort::parse("state").unwrap().name(), "state_asc");
+        assert_eq!(RunSort::parse("knn"), None);
+        assert_eq!(RunSort::parse("colour_asc"), None);
+        assert_eq!(RunSort::default().name(), "created_desc");
+    }
 }

@@ -1,0 +1,246 @@
+//! Validation: every rule a run must satisfy before anything starts. The per-field rules (ranges,
+//! lengths, finite numbers) are read from the settings' schema (`settings`); the rules below are
+//! the ones that relate fields to each other or that a schema keyword cannot say.
+use super::choices::{Choice, DeviceChoice};
+use super::settings;
+use super::{keys_per_step, DatasetKind, LrSchedule, RunConfig};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// One validation failure: the field (dotted path) and a sentence about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: &str, message: impl Into<String>) -> Self {
+        FieldError {
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// Joins field errors into one message for the terminal.
+pub fn describe_errors(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The queue / batch rule as a sentence: `Ok` when queue_size is a multiple of the keys
+/// enqueued per step, `Err` with a suggestion otherwise. The form shows it as the user types and
+/// validation reports the `Err` text.
+pub fn queue_rule(queue_size: i64, batch_size: i64, symmetric: bool) -> Result<String, String> {
+    let per_step = keys_per_step(batch_size, symmetric);
+    let what = if symmetric {
+        format!("2 × batch_size = {per_step} (symmetric loss)")
+    } else {
+        format!("batch_size = {per_step}")
+    };
+    if queue_size % per_step == 0 {
+        Ok(format!(
+            "✓ queue_size {queue_size} = {} × {what}.",
+            queue_size / per_step
+        ))
+    } else {
+        let lower = (queue_size / per_step).max(1) * per_step;
+        Err(format!(
+            "queue_size {queue_size} must be a multiple of the keys enqueued per step, {what}; \
+             e.g. {lower} or {}",
+            lower + per_step
+        ))
+    }
+}
+
+impl RunConfig {
+    /// Every rule a run must satisfy before anything starts. All violations are returned, each
+    /// naming its field.
+    pub fn validate(&self) -> Result<(), Vec<FieldError>> {
+        let json = serde_json::to_value(self).expect("RunConfig serialises");
+        let mut errors: Vec<FieldError> = settings::all()
+            .iter()
+            .filter_map(|s| {
+                let value = settings::lookup(&json, &s.key)?;
+                s.check(value).err().map(|m| FieldError::new(&s.key, m))
+            })
+            .collect();
+        let mut check = |ok: bool, field: &str, message: String| {
+            if !ok {
+                errors.push(FieldError::new(field, message));
+            }
+        };
+        check(
+            self.name.chars().all(|c| !c.is_control()),
+            "name",
+            "must not contain control characters".into(),
+        );
+        check(
+            DeviceChoice::parse(&self.device).is_some(),
+            "device",
+            format!("must be auto, cpu or cuda:N, got {:?}", self.device),
+        );
+        if self.queue_size >= 1 && self.batch_size >= 1 {
+            if let Err(message) = queue_rule(self.queue_size, self.batch_size, self.symmetric) {
+                check(false, "queue_size", message.clone());
+                check(false, "batch_size", message);
+            }
+        }
+        if self.shuffle_bn_splits >= 1 && self.batch_size >= 1 {
+            check(
+                self.batch_size % self.shuffle_bn_splits == 0
+                    && self.batch_size / self.shuffle_bn_splits >= 2,
+                "shuffle_bn_splits",
+                format!(
+                    "batch_size {} must split into {} sub-batches of at least 2 images each",
+                    self.batch_size, self.shuffle_bn_splits
+                ),
+            );
+        }
+        if self.lr_schedule == LrSchedule::Step {
+            let sorted = self.lr_milestones.windows(2).all(|w| w[0] < w[1]);
+            let in_range = self
+                .lr_milestones
+                .iter()
+                .all(|&f| f.is_finite() && f > 0.0 && f < 1.0);
+            check(
+                sorted && in_range,
+                "lr_milestones",
+                format!(
+                    "must be increasing fractions of the run in (0, 1), got {:?}",
+                    self.lr_milestones
+                ),
+            );
+        }
+        // A NaN or a bad epoch count is reported by the schema check already.
+        check(
+            self.epochs < 1
+                || !self.warmup_epochs.is_finite()
+                || self.warmup_epochs < self.epochs as f64,
+            "warmup_epochs",
+            format!(
+                "must be shorter than the run ({} epochs), got {}",
+                self.epochs, self.warmup_epochs
+            ),
+        );
+        let ds = &self.dataset;
+        if ds.kind != DatasetKind::Synthetic {
+            check(
+                ds.path.as_deref().is_some_and(|p| !p.trim().is_empty()),
+                "dataset.path",
+                format!("is required for a {} dataset", ds.kind.name()),
+            );
+        }
+        check(
+            ds.load_size == 0 || ds.load_size >= 8,
+            "dataset.load_size",
+            format!(
+                "must be 0 (automatic) or between 8 and 2048, got {}",
+                ds.load_size
+            ),
+        );
+        if ds.kind == DatasetKind::Synthetic && self.batch_size as usize > ds.synthetic_train {
+            check(
+                false,
+                "batch_size",
+                format!(
+                    "batch_size {} is larger than the dataset ({} images): no full batch",
+                    self.batch_size, ds.synthetic_train
+                ),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Preset;
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn queue_not_multiple_of_batch_names_both_fields() {
+        let cfg = RunConfig::preset(Preset::Cifar).with_overrides([
+            ("queue_size", Value::from(1000)),
+            ("batch_size", 256.into()),
+        ]);
+        let errors = cfg.unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["queue_size", "batch_size"]);
+        assert_eq!(
+            errors[0].message,
+            "queue_size 1000 must be a multiple of the keys enqueued per step, batch_size = 256; \
+             e.g. 768 or 1024"
+        );
+    }
+
+    #[test]
+    fn ranges_come_from_the_schema() {
+        let cases: [(&str, Value, &str); 7] = [
+            ("epochs", 0.into(), "must be between 1 and 10000, got 0"),
+            (
+                "width",
+                30.into(),
+                "must be a multiple of 4 between 4 and 256, got 30",
+            ),
+            ("temperature", 0.0.into(), "must be in (0, 10], got 0.0"),
+            ("sgd_momentum", 1.0.into(), "must be in [0, 1), got 1.0"),
+            ("knn_t", (-1.0).into(), "must be greater than 0, got -1.0"),
+            ("knn_every", (-1).into(), "must be at least 0, got -1"),
+            (
+                "name",
+                "x".repeat(101).into(),
+                "must be at most 100 characters",
+            ),
+        ];
+        for (field, value, message) in cases {
+            let errors = RunConfig::preset(Preset::Cifar)
+                .with_overrides([(field, value)])
+                .unwrap_err();
+            assert_eq!(errors, vec![FieldError::new(field, message)], "{field}");
+        }
+    }
+
+    #[test]
+    fn the_rules_between_fields_name_their_field() {
+        let errors = RunConfig::preset(Preset::V1)
+            .with_overrides([
+                ("warmup_epochs", Value::from(300.0)),
+                ("dataset.kind", "image_folder".into()),
+                ("dataset.load_size", 4.into()),
+                ("shuffle_bn_splits", 7.into()),
+                ("lr_milestones", serde_json::json!([0.8, 0.6])),
+            ])
+            .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec![
+                "shuffle_bn_splits",
+                "lr_milestones",
+                "warmup_epochs",
+                "dataset.path",
+                "dataset.load_size"
+            ]
+        );
+    }
+}

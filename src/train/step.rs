@@ -1,0 +1,150 @@
+//! One training step (views, forward passes and momentum update, backward, optimizer, enqueue)
+//! and the statistics the loop accumulates on the device between two metric reads.
+use super::checkpoint::TrainingState;
+use super::device::autocast;
+use super::events::{metric, MetricRecord};
+use super::optim::FlatSgd;
+use crate::data::Augmenter;
+use crate::moco::model::{scalar_zero, MocoModel, StepOutput};
+use crate::torch_ext::{self, ReducedPrecision};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tch::{Device, Kind, Tensor};
+
+/// What one training step needs besides the model, the optimizer and the batch.
+pub struct StepParams {
+    pub seed: u64,
+    /// The global step about to be taken (0-based): it picks the step's random stream.
+    pub step: i64,
+    pub lr: f64,
+    pub momentum: f64,
+    pub precision: Option<ReducedPrecision>,
+}
+
+/// One MoCo training step on a batch of uint8 images: the two views, the forward passes and the
+/// momentum update (under the run's autocast), backward, the optimizer step, and the new keys
+/// enqueued. Returns the step's output for the metrics.
+pub fn train_step(
+    model: &mut MocoModel,
+    optimizer: &mut FlatSgd,
+    augmenter: &Augmenter,
+    images: &Tensor,
+    params: StepParams,
+) -> anyhow::Result<StepOutput> {
+    let mut rng = crate::rng::stream(params.seed, crate::rng::Purpose::Step, params.step as u64);
+    let (x1, x2) = augmenter.two_views(images, &mut rng);
+    let out = {
+        let _autocast = autocast(images.device(), params.precision)?;
+        model.forward_step(&x1, &x2, params.momentum, &mut rng)
+    };
+    model.query.store.zero_grad();
+    optimizer.backward(&out.loss);
+    optimizer.step(&model.query.store, params.lr);
+    model.queue.enqueue(&out.keys, params.step + 1);
+    Ok(out)
+}
+
+/// Loss and logit statistics summed on the device between two metric reads.
+pub(crate) struct Accumulator {
+    pub(crate) loss: Tensor,
+    pub(crate) top1: Tensor,
+    pub(crate) pos: Tensor,
+    pub(crate) neg: Tensor,
+    pub(crate) neg_max: Tensor,
+    pub(crate) steps: i64,
+    pub(crate) images: i64,
+    pub(crate) data_wait: Duration,
+    pub(crate) since: Instant,
+}
+
+impl Accumulator {
+    pub(crate) fn new(device: Device) -> Self {
+        Accumulator {
+            loss: scalar_zero(device),
+            top1: scalar_zero(device),
+            pos: scalar_zero(device),
+            neg: scalar_zero(device),
+            neg_max: scalar_zero(device) - f64::INFINITY,
+            steps: 0,
+            images: 0,
+            data_wait: Duration::ZERO,
+            since: Instant::now(),
+        }
+    }
+}
+
+/// Reads the accumulated statistics and the queue state in one transfer from the device.
+pub(crate) fn read_metrics(
+    model: &MocoModel,
+    optimizer: &FlatSgd,
+    acc: &mut Accumulator,
+    state: &TrainingState,
+    lr: f64,
+    m: f64,
+) -> MetricRecord {
+    let q = model.queue.stats(state.step);
+    let steps = acc.steps.max(1) as f64;
+    let mut device_values = vec![
+        &acc.loss / steps,
+        &acc.top1 / steps,
+        &acc.pos / steps,
+        &acc.neg / steps,
+        acc.neg_max.shallow_clone(),
+        q.fill,
+        q.age_mean,
+        q.age_max,
+        q.similarity,
+        model.drift(),
+    ];
+    if let Some(scaler) = &optimizer.scaler {
+        device_values.push(scaler.scale.shallow_clone());
+    }
+    let device_values: Vec<Tensor> = device_values
+        .iter()
+        .map(|t| t.to_kind(Kind::Double))
+        .collect();
+    let stacked = Tensor::stack(&device_values, 0).to_device(Device::Cpu);
+    let v: Vec<f64> = Vec::try_from(&stacked).unwrap_or_default();
+    let elapsed = acc.since.elapsed().as_secs_f64().max(1e-9);
+    let mut values = BTreeMap::new();
+    let names = [
+        metric::LOSS,
+        metric::TOP1,
+        metric::POS_LOGIT,
+        metric::NEG_LOGIT,
+        metric::NEG_LOGIT_MAX,
+        metric::QUEUE_FILL,
+        metric::KEY_AGE_MEAN,
+        metric::KEY_AGE_MAX,
+        metric::QUEUE_SIMILARITY,
+        metric::DRIFT,
+        metric::LOSS_SCALE,
+    ];
+    for (name, value) in names.iter().zip(v) {
+        values.insert(name.to_string(), value);
+    }
+    values.insert(metric::LR.into(), lr);
+    values.insert(metric::MOMENTUM.into(), m);
+    values.insert(metric::QUEUE_PTR.into(), model.queue.ptr as f64);
+    values.insert(metric::IMAGES_PER_SEC.into(), acc.images as f64 / elapsed);
+    if let Some(memory) = torch_ext::device_memory(model.queue.keys.device()) {
+        const MIB: f64 = 1024.0 * 1024.0;
+        values.insert(
+            metric::DEVICE_MEMORY_MB.into(),
+            memory.reserved as f64 / MIB,
+        );
+        values.insert(
+            metric::DEVICE_MEMORY_PEAK_MB.into(),
+            memory.peak_allocated as f64 / MIB,
+        );
+    }
+    values.insert(
+        metric::DATA_WAIT_MS.into(),
+        acc.data_wait.as_secs_f64() * 1000.0 / steps,
+    );
+    MetricRecord {
+        step: state.step,
+        epoch: state.epoch,
+        values,
+    }
+}
