@@ -242,16 +242,22 @@ struct ProgressObserver {
     steps_per_epoch: i64,
 }
 
+/// The terminal's progress bar over a job's steps: prefix (the epoch), bar, steps, a message
+/// (loss and the like) and the ETA. `train` and `eval` share it.
+pub(crate) fn step_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 impl ProgressObserver {
     fn new() -> Self {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
         ProgressObserver {
-            bar,
+            bar: step_bar(),
             steps_per_epoch: 1,
         }
     }

@@ -5,6 +5,7 @@ pub mod config;
 pub mod data;
 pub mod db;
 pub mod doctor;
+pub mod eval;
 pub mod jobs;
 pub mod moco;
 pub mod rng;

@@ -49,6 +49,8 @@ enum Command {
     Train(moco_server::cli_train::TrainArgs),
     /// Turn a full checkpoint into an encoder file with torchvision's keys.
     Export(moco_server::cli_train::ExportArgs),
+    /// Evaluate a checkpoint or encoder: linear classification on frozen features, or kNN.
+    Eval(moco_server::eval::cli::EvalArgs),
     /// Download and inspect datasets.
     Data(moco_server::cli_data::DataArgs),
     /// Write a PNG grid of augmented views (original | view 1 | view 2).
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor(),
         Command::Train(args) => moco_server::cli_train::train(args),
         Command::Export(args) => moco_server::cli_train::export(args),
+        Command::Eval(args) => moco_server::eval::cli::eval(args),
         Command::Data(args) => moco_server::cli_data::data(args),
         Command::AugmentPreview(args) => moco_server::cli_data::augment_preview(args),
         Command::Settings { json } => settings(json),

@@ -13,6 +13,8 @@ pub enum Purpose {
     EpochOrder = 1,
     /// The two views and the shuffle permutations of a training step; index = global step.
     Step = 2,
+    /// The training crops of a linear probe's step; index = the probe's step.
+    Probe = 3,
 }
 
 /// Indices must stay below 2^56 (they do: epochs and steps).

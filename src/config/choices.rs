@@ -243,6 +243,23 @@ choice_enum! { "snake_case",
     }
 }
 
+choice_enum! { "lowercase",
+    /// How a linear probe trains its classifier on the frozen backbone; each protocol is named
+    /// after the code it follows.
+    pub enum Protocol {
+        /// facebookresearch/moco `main_lincls.py`: random resized crops and flips of the training
+        /// images through the frozen backbone every step, SGD lr 30, ×0.1 at epochs 60 and 80 of
+        /// 100, batch 256.
+        Moco,
+        /// facebookresearch/moco-v3 `main_lincls.py`: as moco with SGD lr 0.1 × B/256 on a
+        /// per-epoch cosine, 90 epochs, batch 1024.
+        V3,
+        /// The features of the un-augmented images computed once, then moco's classifier,
+        /// optimiser and schedule trained on them: for small machines.
+        Fast,
+    }
+}
+
 /// Where a run trains: "auto", "cpu", "cuda" or "cuda:N".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -318,6 +335,7 @@ mod tests {
         spelled_alike::<MemoryFormat>();
         spelled_alike::<KnnFeatures>();
         spelled_alike::<DatasetKind>();
+        spelled_alike::<Protocol>();
         assert_eq!(MemoryFormat::ChannelsLast.name(), "channels_last");
         assert_eq!(DatasetKind::ImageFolder.name(), "image_folder");
         assert_eq!(Preset::names_joined(), "v1, v2, cifar, demo");

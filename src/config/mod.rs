@@ -6,14 +6,17 @@
 //! checks of `validation`, the dashboard's form, the OpenAPI schema and the README's settings
 //! table; the presets (`presets`) give every field's defaults. Overrides (`overrides`) are
 //! applied on the JSON form of the config, so the CLI (`key=value`), TOML files, the form and the
-//! JSON API share one path, and every error names the field it is about.
+//! JSON API share one path, and every error names the field it is about. The offline evaluations'
+//! settings (`probe`) are declared, overridden and checked the same way.
 pub mod choices;
 mod overrides;
 mod presets;
+pub mod probe;
 pub mod settings;
 mod validation;
 
 pub use choices::*;
+pub use probe::{KnnConfig, ProbeConfig};
 pub use validation::{describe_errors, queue_rule, FieldError};
 
 use schemars::JsonSchema;

@@ -3,6 +3,8 @@
 //! error names the (dotted) field it is about.
 use super::choices::{Choice, Preset};
 use super::{FieldError, RunConfig};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 impl RunConfig {
@@ -12,17 +14,9 @@ impl RunConfig {
     where
         I: IntoIterator<Item = (&'a str, Value)>,
     {
-        let mut json = serde_json::to_value(self).expect("RunConfig serialises");
-        let mut errors = Vec::new();
-        for (key, value) in overrides {
-            if let Err(e) = set_json_field(&mut json, key, value) {
-                errors.push(e);
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        from_json_value(json)
+        let cfg = override_fields(self, overrides)?;
+        cfg.validate()?;
+        Ok(cfg)
     }
 
     /// Parses a full config or a partial one (keys missing are taken from `preset`, itself read
@@ -76,9 +70,30 @@ impl RunConfig {
     }
 }
 
-/// Deserialises with the path of the failing field in the error, then validates.
-fn from_json_value(json: Value) -> Result<RunConfig, Vec<FieldError>> {
-    let cfg: RunConfig = serde_path_to_error::deserialize(json).map_err(|e| {
+/// Applies `field=value` overrides to any settings struct through its JSON form (dotted names
+/// reach into nested structs) and reads it back; unknown fields and values of the wrong type are
+/// errors naming the field. The caller validates the result.
+pub(crate) fn override_fields<'a, T, I>(value: &T, overrides: I) -> Result<T, Vec<FieldError>>
+where
+    T: Serialize + DeserializeOwned,
+    I: IntoIterator<Item = (&'a str, Value)>,
+{
+    let mut json = serde_json::to_value(value).expect("settings serialise");
+    let mut errors = Vec::new();
+    for (key, value) in overrides {
+        if let Err(e) = set_json_field(&mut json, key, value) {
+            errors.push(e);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    from_json_value(json)
+}
+
+/// Deserialises with the path of the failing field in the error.
+fn from_json_value<T: DeserializeOwned>(json: Value) -> Result<T, Vec<FieldError>> {
+    serde_path_to_error::deserialize(json).map_err(|e| {
         let field = e.path().to_string();
         let message = e.inner().to_string();
         // serde_json appends " at line 0 column 0" on values that did not come from text.
@@ -88,9 +103,7 @@ fn from_json_value(json: Value) -> Result<RunConfig, Vec<FieldError>> {
             .unwrap_or(&message)
             .to_string();
         vec![FieldError::new(&field, message)]
-    })?;
-    cfg.validate()?;
-    Ok(cfg)
+    })
 }
 
 fn set_json_field(json: &mut Value, key: &str, value: Value) -> Result<(), FieldError> {

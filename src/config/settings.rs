@@ -6,6 +6,7 @@
 use super::choices::{Choice, Preset};
 use super::RunConfig;
 use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
 use serde_json::{Map, Value};
 use std::sync::LazyLock;
 use strum::{IntoStaticStr, VariantArray};
@@ -213,16 +214,24 @@ impl Setting {
 /// Every setting, by section in the form's order, then in the declaration's order.
 pub fn all() -> &'static [Setting] {
     static SETTINGS: LazyLock<Vec<Setting>> = LazyLock::new(|| {
-        let schema = SchemaSettings::draft2020_12()
-            .with(|s| s.inline_subschemas = true)
-            .into_generator()
-            .into_root_schema_for::<RunConfig>();
-        let mut out = Vec::new();
-        read_properties("", schema.as_value(), &mut out);
+        let mut out = of::<RunConfig>();
         out.sort_by_key(|s| s.group);
         out
     });
     &SETTINGS
+}
+
+/// The settings of any struct declared as `RunConfig` is (each field with a title, an `x-group`
+/// and its range), in the declaration's order: the evaluations' settings (`config::probe`) are
+/// read and checked the same way.
+pub fn of<T: JsonSchema>() -> Vec<Setting> {
+    let schema = SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>();
+    let mut out = Vec::new();
+    read_properties("", schema.as_value(), &mut out);
+    out
 }
 
 /// The setting called `key` (dotted inside `dataset`).
@@ -254,7 +263,7 @@ pub fn value_text(v: &Value) -> String {
 fn read_properties(prefix: &str, schema: &Value, out: &mut Vec<Setting>) {
     let properties = schema["properties"]
         .as_object()
-        .expect("RunConfig's schema lists its properties");
+        .expect("a settings struct's schema lists its properties");
     for (name, field) in properties {
         let key = if prefix.is_empty() {
             name.clone()

@@ -3,7 +3,7 @@
 //! the ones that relate fields to each other or that a schema keyword cannot say.
 use super::choices::{Choice, DeviceChoice};
 use super::settings;
-use super::{keys_per_step, DatasetKind, LrSchedule, RunConfig};
+use super::{keys_per_step, DatasetConfig, DatasetKind, LrSchedule, RunConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -67,18 +67,59 @@ pub fn queue_rule(queue_size: i64, batch_size: i64, symmetric: bool) -> Result<S
     }
 }
 
+/// The per-field rules (range, length, choice) of `settings` that the config `json` breaks, each
+/// naming its field.
+pub(crate) fn field_errors(
+    list: &[settings::Setting],
+    json: &serde_json::Value,
+) -> Vec<FieldError> {
+    list.iter()
+        .filter_map(|s| {
+            let value = settings::lookup(json, &s.key)?;
+            s.check(value).err().map(|m| FieldError::new(&s.key, m))
+        })
+        .collect()
+}
+
+/// A step schedule's milestones must be increasing fractions of the run; the sentence saying
+/// so when they are not.
+pub(crate) fn milestones_error(milestones: &[f64]) -> Option<String> {
+    let sorted = milestones.windows(2).all(|w| w[0] < w[1]);
+    let in_range = milestones
+        .iter()
+        .all(|&f| f.is_finite() && f > 0.0 && f < 1.0);
+    (!(sorted && in_range))
+        .then(|| format!("must be increasing fractions of the run in (0, 1), got {milestones:?}"))
+}
+
+/// The rules of a dataset's settings that its schema cannot say, for every config that holds
+/// one (a run's, an evaluation's); fields are named `dataset.*`.
+pub(crate) fn dataset_errors(ds: &DatasetConfig) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    if ds.kind != DatasetKind::Synthetic && ds.path.as_deref().is_none_or(|p| p.trim().is_empty()) {
+        errors.push(FieldError::new(
+            "dataset.path",
+            format!("is required for a {} dataset", ds.kind.name()),
+        ));
+    }
+    if !(ds.load_size == 0 || ds.load_size >= 8) {
+        errors.push(FieldError::new(
+            "dataset.load_size",
+            format!(
+                "must be 0 (automatic) or between 8 and 2048, got {}",
+                ds.load_size
+            ),
+        ));
+    }
+    errors
+}
+
 impl RunConfig {
     /// Every rule a run must satisfy before anything starts. All violations are returned, each
     /// naming its field.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
         let json = serde_json::to_value(self).expect("RunConfig serialises");
-        let mut errors: Vec<FieldError> = settings::all()
-            .iter()
-            .filter_map(|s| {
-                let value = settings::lookup(&json, &s.key)?;
-                s.check(value).err().map(|m| FieldError::new(&s.key, m))
-            })
-            .collect();
+        let mut errors = field_errors(settings::all(), &json);
         let mut check = |ok: bool, field: &str, message: String| {
             if !ok {
                 errors.push(FieldError::new(field, message));
@@ -112,19 +153,9 @@ impl RunConfig {
             );
         }
         if self.lr_schedule == LrSchedule::Step {
-            let sorted = self.lr_milestones.windows(2).all(|w| w[0] < w[1]);
-            let in_range = self
-                .lr_milestones
-                .iter()
-                .all(|&f| f.is_finite() && f > 0.0 && f < 1.0);
-            check(
-                sorted && in_range,
-                "lr_milestones",
-                format!(
-                    "must be increasing fractions of the run in (0, 1), got {:?}",
-                    self.lr_milestones
-                ),
-            );
+            if let Some(message) = milestones_error(&self.lr_milestones) {
+                check(false, "lr_milestones", message);
+            }
         }
         // A NaN or a bad epoch count is reported by the schema check already.
         check(
@@ -138,21 +169,9 @@ impl RunConfig {
             ),
         );
         let ds = &self.dataset;
-        if ds.kind != DatasetKind::Synthetic {
-            check(
-                ds.path.as_deref().is_some_and(|p| !p.trim().is_empty()),
-                "dataset.path",
-                format!("is required for a {} dataset", ds.kind.name()),
-            );
+        for e in dataset_errors(ds) {
+            check(false, &e.field, e.message);
         }
-        check(
-            ds.load_size == 0 || ds.load_size >= 8,
-            "dataset.load_size",
-            format!(
-                "must be 0 (automatic) or between 8 and 2048, got {}",
-                ds.load_size
-            ),
-        );
         if ds.kind == DatasetKind::Synthetic && self.batch_size as usize > ds.synthetic_train {
             check(
                 false,

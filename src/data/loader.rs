@@ -46,6 +46,15 @@ impl Default for LoaderOptions {
     }
 }
 
+/// Decode threads for a `loader_threads` setting: 0 means one per core.
+pub fn resolve_threads(setting: usize) -> usize {
+    if setting == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        setting
+    }
+}
+
 /// One batch: images and labels on the device, and which dataset images they are.
 pub struct Batch {
     /// uint8 `[N, 3, H, W]`.

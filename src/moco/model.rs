@@ -70,10 +70,7 @@ impl MocoModel {
     /// while other threads train (initialisation draws from torch's process-wide generator, so
     /// seeding and drawing happen under one lock).
     pub fn seeded(cfg: &RunConfig, device: Device, seed: u64) -> Self {
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _lock = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        tch::manual_seed(seed as i64);
-        MocoModel::new(cfg, device)
+        with_torch_seed(seed, || MocoModel::new(cfg, device))
     }
 
     /// Builds f_q from the global torch generator (seed it first), copies it into f_k and fills
@@ -156,17 +153,16 @@ impl MocoModel {
         let q = self.query.store.flat();
         (q - self.key.store.flat()).norm() / q.norm().clamp_min(1e-12)
     }
+}
 
-    /// Pooled backbone features (or head embeddings) of f_q in eval mode, unit length.
-    pub fn features(&self, x: &Tensor, from_head: bool) -> Tensor {
-        let _guard = tch::no_grad_guard();
-        let f = self.query.backbone.forward(x, false, 1);
-        if from_head {
-            normalize(&self.query.head.forward(&f))
-        } else {
-            normalize(&f)
-        }
-    }
+/// Runs `init` with torch's process-wide generator seeded with `seed`, under one lock, so what it
+/// draws depends on the seed alone even while other threads train (initialisation draws from
+/// that generator).
+pub fn with_torch_seed<T>(seed: u64, init: impl FnOnce() -> T) -> T {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed as i64);
+    init()
 }
 
 /// A fresh float scalar on `device`, for accumulating metrics without host synchronisation.

@@ -183,6 +183,15 @@ pub struct FullCheckpoint {
 
 pub fn load_full(path: &Path, device: Device) -> anyhow::Result<FullCheckpoint> {
     let (tensors, metadata) = read_safetensors(path, device)?;
+    full_from_parts(path, tensors, &metadata)
+}
+
+/// A full checkpoint from the tensors and metadata of the file at `path`, already read.
+pub fn full_from_parts(
+    path: &Path,
+    tensors: NamedTensors,
+    metadata: &HashMap<String, String>,
+) -> anyhow::Result<FullCheckpoint> {
     if metadata.get("format").map(String::as_str) != Some(FULL_FORMAT) {
         bail!(
             "{} is not a full moco-server checkpoint (an encoder export cannot be resumed)",
@@ -241,6 +250,44 @@ pub struct EncoderMetadata {
     pub step: i64,
 }
 
+impl EncoderMetadata {
+    /// The file's metadata: safetensors holds strings, so numbers and lists are written as JSON,
+    /// with `format` = [`ENCODER_FORMAT`].
+    pub fn to_strings(&self) -> anyhow::Result<HashMap<String, String>> {
+        let serde_json::Value::Object(map) = serde_json::to_value(self)? else {
+            bail!("the encoder metadata is not a JSON object");
+        };
+        let mut metadata: HashMap<String, String> = map
+            .into_iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, s)
+            })
+            .collect();
+        metadata.insert("format".into(), ENCODER_FORMAT.into());
+        Ok(metadata)
+    }
+
+    /// Reads back what [`EncoderMetadata::to_strings`] wrote (values that are not JSON are
+    /// strings); a missing or malformed field is an error naming it.
+    pub fn from_strings(metadata: &HashMap<String, String>) -> anyhow::Result<Self> {
+        let map: serde_json::Map<String, serde_json::Value> = metadata
+            .iter()
+            .filter(|(k, _)| k.as_str() != "format")
+            .map(|(k, v)| {
+                let value = serde_json::from_str(v)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.clone()));
+                (k.clone(), value)
+            })
+            .collect();
+        serde_path_to_error::deserialize(serde_json::Value::Object(map))
+            .map_err(|e| anyhow::anyhow!("metadata field {}: {}", e.path(), e.inner()))
+    }
+}
+
 /// Writes the query backbone with torchvision's keys (no `fc`: replace the classifier with your
 /// own head or `nn.Identity()`), including `num_batches_tracked` for every BatchNorm.
 pub fn export_encoder(
@@ -258,21 +305,7 @@ pub fn export_encoder(
     for bn in crate::moco::encoder::ResNet::batch_norm_names(store) {
         tensors.push((format!("{bn}.num_batches_tracked"), tracked.shallow_clone()));
     }
-    let mut metadata: HashMap<String, String> = match serde_json::to_value(meta)? {
-        serde_json::Value::Object(map) => map
-            .into_iter()
-            .map(|(k, v)| {
-                let s = match v {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                (k, s)
-            })
-            .collect(),
-        _ => HashMap::new(),
-    };
-    metadata.insert("format".into(), ENCODER_FORMAT.into());
-    let (size_bytes, sha256) = write_safetensors_atomic(path, &tensors, metadata)?;
+    let (size_bytes, sha256) = write_safetensors_atomic(path, &tensors, meta.to_strings()?)?;
     Ok(CheckpointInfo {
         kind: CheckpointKind::Encoder,
         path: path.to_path_buf(),

@@ -3,6 +3,8 @@
 use super::device::autocast;
 use crate::config::{KnnFeatures, RunConfig};
 use crate::data::{Augmenter, Dataset, DatasetSplits, Loader, LoaderOptions};
+use crate::moco::encoder::ResNet;
+use crate::moco::head::{normalize, Head};
 use crate::moco::model::MocoModel;
 use crate::torch_ext::ReducedPrecision;
 use anyhow::bail;
@@ -54,21 +56,46 @@ pub fn weighted_knn_top1(
     100.0 * i64::try_from(&correct).unwrap_or(0) as f64 / n as f64
 }
 
-/// Computes the kNN monitor's features with the run's encoder, transform and arithmetic.
-struct FeatureExtractor<'a> {
-    model: &'a MocoModel,
-    augmenter: &'a Augmenter,
-    from_head: bool,
-    device: Device,
-    threads: usize,
-    /// The encoder runs under the training's autocast; the kNN itself stays fp32.
-    precision: Option<ReducedPrecision>,
+/// Features of images in eval mode, without gradient: the kNN monitor's (unit length, from the
+/// backbone or the head) and the offline evaluations' (`eval`: the kNN's, and the linear probe's
+/// raw pooled output).
+pub struct FeatureExtractor<'a> {
+    pub backbone: &'a ResNet,
+    /// The head's output instead of the pooled features (the CIFAR demo's monitor).
+    pub head: Option<&'a Head>,
+    /// Unit length, for the kNN's cosine similarities; the linear probe reads the raw avgpool
+    /// output, as main_lincls.py's fc does.
+    pub unit_length: bool,
+    /// Its eval transform turns the loader's uint8 batches into the encoder's input.
+    pub augmenter: &'a Augmenter,
+    pub device: Device,
+    pub threads: usize,
+    /// The encoder runs under the training's autocast; the features come out fp32.
+    pub precision: Option<ReducedPrecision>,
 }
 
 impl FeatureExtractor<'_> {
+    /// Features [N, D] (fp32) of a normalised image batch [N, 3, S, S].
+    pub fn features(&self, x: &Tensor) -> anyhow::Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let _autocast = autocast(self.device, self.precision)?;
+        let mut f = self.backbone.forward(x, false, 1);
+        if let Some(head) = self.head {
+            f = head.forward(&f);
+        }
+        if self.unit_length {
+            f = normalize(&f);
+        }
+        Ok(f.to_kind(Kind::Float))
+    }
+
     /// Features of a whole split under the eval transform, with their labels (unlabeled images
     /// dropped), at most `limit` images (0 = all).
-    fn split(&self, dataset: &Arc<dyn Dataset>, limit: usize) -> anyhow::Result<(Tensor, Tensor)> {
+    pub fn split(
+        &self,
+        dataset: &Arc<dyn Dataset>,
+        limit: usize,
+    ) -> anyhow::Result<(Tensor, Tensor)> {
         let loader = Loader::new(
             dataset.clone(),
             LoaderOptions {
@@ -88,12 +115,7 @@ impl FeatureExtractor<'_> {
         let mut seen = 0;
         for batch in loader {
             let batch = batch?;
-            let x = self.augmenter.eval_view(&batch.images);
-            let f = {
-                let _autocast = autocast(self.device, self.precision)?;
-                self.model.features(&x, self.from_head)
-            };
-            features.push(f.to_kind(Kind::Float));
+            features.push(self.features(&self.augmenter.eval_view(&batch.images))?);
             labels.push(batch.labels);
             seen += batch.indices.len();
             if limit > 0 && seen >= limit {
@@ -117,7 +139,30 @@ impl FeatureExtractor<'_> {
     }
 }
 
-/// Weighted kNN top-1 of the query encoder: bank = training split, queries = held-out split.
+/// Weighted kNN top-1 of `extractor`'s features: bank = training split (at most `bank_limit`
+/// images, 0 = all), queries = held-out split.
+pub fn knn_top1(
+    extractor: &FeatureExtractor,
+    splits: &DatasetSplits,
+    bank_limit: usize,
+    k: i64,
+    t: f64,
+) -> anyhow::Result<f64> {
+    let (bank, bank_labels) = extractor.split(&splits.train, bank_limit)?;
+    let (queries, query_labels) = extractor.split(&splits.test, 0)?;
+    let classes = splits.train.class_names().len().max(1) as i64;
+    Ok(weighted_knn_top1(
+        &bank,
+        &bank_labels,
+        &queries,
+        &query_labels,
+        classes,
+        k,
+        t,
+    ))
+}
+
+/// Weighted kNN top-1 of the query encoder, as the run's settings ask for it.
 pub(crate) fn knn_monitor(
     model: &MocoModel,
     splits: &DatasetSplits,
@@ -128,25 +173,15 @@ pub(crate) fn knn_monitor(
     precision: Option<ReducedPrecision>,
 ) -> anyhow::Result<f64> {
     let extractor = FeatureExtractor {
-        model,
+        backbone: &model.query.backbone,
+        head: (cfg.knn_features == KnnFeatures::Head).then_some(&model.query.head),
+        unit_length: true,
         augmenter,
-        from_head: cfg.knn_features == KnnFeatures::Head,
         device,
         threads,
         precision,
     };
-    let (bank, bank_labels) = extractor.split(&splits.train, cfg.knn_bank_limit)?;
-    let (queries, query_labels) = extractor.split(&splits.test, 0)?;
-    let classes = splits.train.class_names().len().max(1) as i64;
-    Ok(weighted_knn_top1(
-        &bank,
-        &bank_labels,
-        &queries,
-        &query_labels,
-        classes,
-        cfg.knn_k,
-        cfg.knn_t,
-    ))
+    knn_top1(&extractor, splits, cfg.knn_bank_limit, cfg.knn_k, cfg.knn_t)
 }
 
 #[cfg(test)]

@@ -13,14 +13,29 @@
 use crate::config::{LrSchedule, LrUpdate, MomentumSchedule, RunConfig};
 use std::f64::consts::PI;
 
+/// The learning-rate half of a schedule: what any SGD loop here (the MoCo run's, the linear
+/// probe's) needs to set its lr.
+#[derive(Debug, Clone)]
+pub struct LrPlan {
+    /// The lr at the top of the schedule (after any batch scaling).
+    pub base_lr: f64,
+    pub kind: LrSchedule,
+    pub update: LrUpdate,
+    /// Added to the epoch's index with per-epoch updates (the CIFAR demo counts from 1).
+    pub first_epoch: i64,
+    /// Fractions of the run.
+    pub milestones: Vec<f64>,
+    pub gamma: f64,
+    pub warmup_epochs: f64,
+    pub epochs: i64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Schedule {
     base_lr: f64,
     kind: LrSchedule,
     update: LrUpdate,
-    /// Added to the epoch's index with per-epoch updates (the CIFAR demo counts from 1).
     first_epoch: f64,
-    /// Fractions of the run.
     milestones: Vec<f64>,
     gamma: f64,
     warmup_epochs: f64,
@@ -32,18 +47,37 @@ pub struct Schedule {
 
 impl Schedule {
     pub fn new(cfg: &RunConfig, steps_per_epoch: i64) -> Self {
-        Schedule {
+        let plan = LrPlan {
             base_lr: cfg.effective_lr(),
             kind: cfg.lr_schedule,
             update: cfg.lr_update,
-            first_epoch: cfg.lr_first_epoch as f64,
+            first_epoch: cfg.lr_first_epoch,
             milestones: cfg.lr_milestones.clone(),
             gamma: cfg.lr_gamma,
             warmup_epochs: cfg.warmup_epochs,
-            epochs: cfg.epochs as f64,
-            steps_per_epoch: steps_per_epoch.max(1) as f64,
+            epochs: cfg.epochs,
+        };
+        Schedule {
             momentum: cfg.momentum,
             momentum_kind: cfg.momentum_schedule,
+            ..Schedule::for_lr(plan, steps_per_epoch)
+        }
+    }
+
+    /// The learning rate alone, for loops without a key encoder (its momentum reads 0).
+    pub fn for_lr(plan: LrPlan, steps_per_epoch: i64) -> Self {
+        Schedule {
+            base_lr: plan.base_lr,
+            kind: plan.kind,
+            update: plan.update,
+            first_epoch: plan.first_epoch as f64,
+            milestones: plan.milestones,
+            gamma: plan.gamma,
+            warmup_epochs: plan.warmup_epochs,
+            epochs: plan.epochs as f64,
+            steps_per_epoch: steps_per_epoch.max(1) as f64,
+            momentum: 0.0,
+            momentum_kind: MomentumSchedule::Constant,
         }
     }
 

@@ -156,11 +156,7 @@ impl<'a> Session<'a> {
             train_images: train_len,
             parameters: model.query.store.num_parameters(),
         });
-        let loader_threads = if cfg.loader_threads == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            cfg.loader_threads
-        };
+        let loader_threads = crate::data::loader::resolve_threads(cfg.loader_threads);
         Ok(Session {
             req,
             cfg,

@@ -52,6 +52,17 @@ const RATIO: (f64, f64) = (3.0 / 4.0, 4.0 / 3.0);
 const BLUR_SIGMA: (f64, f64) = (0.1, 2.0);
 
 impl ViewSpec {
+    /// torchvision's `RandomResizedCrop(S, scale=(min_scale, 1))` + `RandomHorizontalFlip()`
+    /// and nothing else: the training transform of main_lincls.py's linear classifier.
+    pub fn crop_and_flip(min_scale: f64) -> ViewSpec {
+        ViewSpec {
+            scale: (min_scale, 1.0),
+            ratio: RATIO,
+            flip: 0.5,
+            ops: Vec::new(),
+        }
+    }
+
     /// The two views of a recipe (identical specs except for v3's asymmetric blur/solarize).
     pub fn for_recipe(recipe: AugRecipe) -> [ViewSpec; 2] {
         let jitter = |b, c, s, h| Jitter {
