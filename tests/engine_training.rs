@@ -233,12 +233,7 @@ fn training_on_the_synthetic_set_beats_the_untrained_encoder_at_knn_and_linear_p
 
     // The fast linear probe of the trained export against the untrained encoder (the same seed's
     // initial weights, exported with the same metadata).
-    let export = observer
-        .checkpoints()
-        .find(|c| c.kind == CheckpointKind::Encoder)
-        .unwrap()
-        .path
-        .clone();
+    let export = observer.encoder_export().unwrap().path.clone();
     let (_, meta) = read_safetensors(&export, Device::Cpu).unwrap();
     let untrained_file = dir.path().join("untrained.safetensors");
     export_encoder(
@@ -449,12 +444,7 @@ fn encoder_export_loads_into_torchvision_with_no_key_missing_or_left_over() {
         matches!(outcome, RunOutcome::Completed { .. }),
         "{outcome:?}"
     );
-    let export = observer
-        .checkpoints()
-        .find(|c| c.kind == CheckpointKind::Encoder)
-        .unwrap()
-        .path
-        .clone();
+    let export = observer.encoder_export().unwrap().path.clone();
     let (tensors, meta) = read_safetensors(&export, Device::Cpu).unwrap();
     assert_eq!(meta["arch"], "resnet18");
     assert_eq!(meta["stem"], "cifar");

@@ -269,19 +269,6 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
-    /// The device a well-formed string names.
-    pub fn parse(s: &str) -> Option<DeviceChoice> {
-        match s {
-            "auto" => Some(DeviceChoice::Auto),
-            "cpu" => Some(DeviceChoice::Cpu),
-            "cuda" => Some(DeviceChoice::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse::<usize>().ok())
-                .map(DeviceChoice::Cuda),
-        }
-    }
-
     /// Resolves to a tch device; an unavailable CUDA device is an error naming it.
     pub fn resolve(self) -> Result<tch::Device, String> {
         match self {
@@ -303,7 +290,15 @@ impl DeviceChoice {
 
 /// "auto", "cpu", "cuda" or "cuda:N" → a device, if the string is well formed.
 pub fn parse_device(s: &str) -> Option<DeviceChoice> {
-    DeviceChoice::parse(s)
+    match s {
+        "auto" => Some(DeviceChoice::Auto),
+        "cpu" => Some(DeviceChoice::Cpu),
+        "cuda" => Some(DeviceChoice::Cuda(0)),
+        _ => s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(DeviceChoice::Cuda),
+    }
 }
 
 #[cfg(test)]

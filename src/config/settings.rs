@@ -375,15 +375,21 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// The JSON schemas of `RunConfig` and the types it uses, keyed by name, with references into
-/// an OpenAPI 3.1 document's `components/schemas`.
-pub fn openapi_schemas() -> Map<String, Value> {
-    let mut generator = SchemaSettings::draft2020_12()
+/// A schema generator whose references point into an OpenAPI 3.1 document's
+/// `components/schemas` (JSON Schema 2020-12, as OpenAPI 3.1 uses).
+pub fn openapi_generator() -> schemars::SchemaGenerator {
+    SchemaSettings::draft2020_12()
         .with(|s| {
             s.definitions_path = "/components/schemas".into();
             s.meta_schema = None;
         })
-        .into_generator();
+        .into_generator()
+}
+
+/// The JSON schemas of `RunConfig` and the types it uses, keyed by name, with references into
+/// an OpenAPI 3.1 document's `components/schemas`.
+pub fn openapi_schemas() -> Map<String, Value> {
+    let mut generator = openapi_generator();
     let root = generator.subschema_for::<RunConfig>();
     let mut schemas = generator.take_definitions(true);
     // A type small enough to inline leaves no definition; keep the name the paths refer to.

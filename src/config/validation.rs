@@ -1,7 +1,7 @@
 //! Validation: every rule a run must satisfy before anything starts. The per-field rules (ranges,
 //! lengths, finite numbers) are read from the settings' schema (`settings`); the rules below are
 //! the ones that relate fields to each other or that a schema keyword cannot say.
-use super::choices::{Choice, DeviceChoice};
+use super::choices::{parse_device, Choice};
 use super::settings;
 use super::{keys_per_step, DatasetConfig, DatasetKind, LrSchedule, RunConfig};
 use serde::{Deserialize, Serialize};
@@ -131,7 +131,7 @@ impl RunConfig {
             "must not contain control characters".into(),
         );
         check(
-            DeviceChoice::parse(&self.device).is_some(),
+            parse_device(&self.device).is_some(),
             "device",
             format!("must be auto, cpu or cuda:N, got {:?}", self.device),
         );

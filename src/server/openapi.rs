@@ -1,6 +1,5 @@
 //! The OpenAPI 3 description of the JSON API, served at /api/openapi.json.
 use crate::db::runs::{RunSort, RunSummary};
-use schemars::generate::SchemaSettings;
 use serde_json::{json, Value};
 
 /// Every path the API serves (the test suite checks the document lists exactly these).
@@ -345,12 +344,7 @@ pub fn document() -> Value {
         .as_object_mut()
         .expect("the document has schemas");
     schemas.extend(crate::config::settings::openapi_schemas());
-    let mut generator = SchemaSettings::draft2020_12()
-        .with(|s| {
-            s.definitions_path = "/components/schemas".into();
-            s.meta_schema = None;
-        })
-        .into_generator();
+    let mut generator = crate::config::settings::openapi_generator();
     generator.subschema_for::<RunSummary>();
     schemas.extend(generator.take_definitions(true));
     doc

@@ -56,22 +56,25 @@ pub struct Layout {
     /// navigation offers the sign-in page.
     pub sign_in: bool,
     /// The run states for the scripts (`{"all": […], "active": […]}`), from `RunState`.
-    pub run_states: String,
+    pub run_states: &'static str,
 }
 
 impl Layout {
     pub fn new(nav: &'static str) -> Layout {
-        let all: Vec<&str> = RunState::all().iter().map(|s| s.as_str()).collect();
-        let active: Vec<&str> = RunState::all()
-            .iter()
-            .filter(|s| !s.is_finished())
-            .map(|s| s.as_str())
-            .collect();
+        static RUN_STATES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let all: Vec<&str> = RunState::all().iter().map(|s| s.as_str()).collect();
+            let active: Vec<&str> = RunState::all()
+                .iter()
+                .filter(|s| !s.is_finished())
+                .map(|s| s.as_str())
+                .collect();
+            format::script_json(&serde_json::json!({"all": all, "active": active}))
+        });
         Layout {
             nav,
             version: env!("CARGO_PKG_VERSION"),
             sign_in: false,
-            run_states: format::script_json(&serde_json::json!({"all": all, "active": active})),
+            run_states: &RUN_STATES,
         }
     }
 

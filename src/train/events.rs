@@ -173,6 +173,12 @@ impl CollectingObserver {
             _ => None,
         })
     }
+
+    /// The encoder export the run wrote, if it wrote one.
+    pub fn encoder_export(&self) -> Option<&CheckpointInfo> {
+        self.checkpoints()
+            .find(|c| c.kind == CheckpointKind::Encoder)
+    }
 }
 
 /// How a training call ended (errors before or during training are `Err`).
