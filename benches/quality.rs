@@ -31,9 +31,6 @@
 //! A smoke run (about 4 minutes on 2 cores): `cargo bench --bench quality -- --limit-train 2048
 //! --limit-test 500 --threads 1 --workers 1`. Keep 2 epochs there: with the demo's epoch count a
 //! 1-epoch run trains PyTorch at lr 0.
-use moco_server::config::DatasetConfig;
-use moco_server::data::synthetic::{Split, Synthetic, SYNTHETIC_SEED};
-use moco_server::data::Dataset;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -41,6 +38,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+#[path = "support/image_folder.rs"]
+mod image_folder;
+#[path = "support/options.rs"]
+mod options;
 #[path = "support/python.rs"]
 mod python_support;
 use python_support::python;
@@ -49,9 +50,6 @@ use python_support::python;
 const KNN_MARGIN_PT: f64 = 0.5;
 /// … in at most this share of PyTorch's wall time.
 const WALL_RATIO_GOAL: f64 = 0.5;
-
-/// Image extensions both sides read.
-const EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
 /// Engine settings shown in the header, where the engine has them.
 const SHOWN_ENGINE_FIELDS: [&str; 28] = [
@@ -102,25 +100,9 @@ struct Options {
 
 fn parse_options() -> Options {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    // A flag's value, else the environment variable's, else the default.
-    let setting = |flag: &str, env: &str| -> Option<String> {
-        argv.iter()
-            .position(|a| a == flag)
-            .map(|i| {
-                argv.get(i + 1)
-                    .unwrap_or_else(|| panic!("{flag} needs a value"))
-                    .clone()
-            })
-            .or_else(|| std::env::var(env).ok().filter(|v| !v.trim().is_empty()))
-    };
-    let number = |flag: &str, env: &str, default: usize| -> usize {
-        setting(flag, env).map_or(default, |v| {
-            v.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{flag} / {env}: {v:?} is not a number"))
-        })
-    };
+    let settings = options::Settings::from_args();
+    let setting = |flag: &str, env: &str| settings.get(flag, env);
+    let number = |flag: &str, env: &str, default: usize| settings.number(flag, env, default);
     let seeds = setting("--seeds", "MOCO_QUALITY_SEEDS")
         .unwrap_or_else(|| "0,1".into())
         .split(',')
@@ -161,151 +143,14 @@ fn reference_script() -> PathBuf {
     }
 }
 
-fn has_splits(dir: &Path) -> bool {
-    dir.join("train").is_dir() && dir.join("test").is_dir()
-}
-
-/// Writes the engine's built-in synthetic set (the default sizes) as `dir/{train,test}/<class>/
-/// NNNNN.png`, so PyTorch's ImageFolder and the engine read the very same pixels. Skipped when a
-/// finished export is already there.
-fn export_synthetic(dir: &Path) -> anyhow::Result<()> {
-    let done = dir.join(".complete");
-    if done.exists() {
-        return Ok(());
-    }
-    let cfg = DatasetConfig::synthetic();
-    let partial = dir.with_extension("partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    for (split, name, len) in [
-        (Split::Train, "train", cfg.synthetic_train),
-        (Split::Test, "test", cfg.synthetic_test),
-    ] {
-        let set = Synthetic::new(SYNTHETIC_SEED, split, len, cfg.synthetic_image_size);
-        let side = cfg.synthetic_image_size;
-        let mut pixels = vec![0u8; side * side * 3];
-        for index in 0..set.len() {
-            set.read_into(index, &mut pixels)?;
-            let class = &set.class_names()[set.label(index) as usize];
-            let folder = partial.join(name).join(class);
-            std::fs::create_dir_all(&folder)?;
-            image::save_buffer(
-                folder.join(format!("{index:05}.png")),
-                &pixels,
-                side as u32,
-                side as u32,
-                image::ExtendedColorType::Rgb8,
-            )?;
-        }
-    }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::rename(&partial, dir)?;
-    std::fs::write(&done, b"")?;
-    Ok(())
-}
-
-/// Image files of every class folder of `split` (both sorted by name, as ImageFolder and the
-/// engine list them).
-fn class_files(split: &Path) -> anyhow::Result<Vec<(String, Vec<PathBuf>)>> {
-    let mut classes: Vec<PathBuf> = std::fs::read_dir(split)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && !hidden(p))
-        .collect();
-    classes.sort();
-    let mut out = Vec::new();
-    for class in classes {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&class)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                !hidden(p)
-                    && p.extension()
-                        .and_then(|e| e.to_str())
-                        .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
-            })
-            .collect();
-        files.sort();
-        let name = class.file_name().unwrap().to_string_lossy().into_owned();
-        out.push((name, files));
-    }
-    Ok(out)
-}
-
-fn hidden(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.'))
-}
-
-/// A copy of `source` (symbolic links) with at most `limit_train` / `limit_test` images per
-/// split, spread evenly over the classes the way quality_reference.py's --limit-* options do: in
-/// class order, class i keeps its first limit / C (+1 for the first limit % C classes) files. A
-/// limit of 0 links the whole split.
-fn limited_copy(
-    source: &Path,
-    limit_train: usize,
-    limit_test: usize,
-    dest: &Path,
-) -> anyhow::Result<()> {
-    let _ = std::fs::remove_dir_all(dest);
-    std::fs::create_dir_all(dest)?;
-    for (split, limit) in [("train", limit_train), ("test", limit_test)] {
-        let from = std::fs::canonicalize(source.join(split))?;
-        if limit == 0 {
-            std::os::unix::fs::symlink(&from, dest.join(split))?;
-            continue;
-        }
-        let classes = class_files(&from)?;
-        let c = classes.len().max(1);
-        for (i, (name, files)) in classes.iter().enumerate() {
-            let quota = limit / c + usize::from(i < limit % c);
-            let folder = dest.join(split).join(name);
-            std::fs::create_dir_all(&folder)?;
-            for file in files.iter().take(quota) {
-                std::os::unix::fs::symlink(file, folder.join(file.file_name().unwrap()))?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The image folder both sides train on, and a label for the header.
 fn prepare_data(opts: &Options) -> anyhow::Result<(PathBuf, String)> {
-    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10");
-    let (source, label) = match opts.data.as_deref() {
-        Some("synthetic") => (None, "synthetic shapes".to_string()),
-        Some(dir) => {
-            let dir = PathBuf::from(dir);
-            anyhow::ensure!(
-                has_splits(&dir),
-                "{} has no train/ and test/ image folders",
-                dir.display()
-            );
-            let label = dir.display().to_string();
-            (Some(dir), label)
-        }
-        None if has_splits(&default) => {
-            let dir = std::fs::canonicalize(&default)?;
-            let label = dir.display().to_string();
-            (Some(dir), label)
-        }
-        None => (
-            None,
-            format!("synthetic shapes ({} not found)", default.display()),
-        ),
-    };
-    let source = match source {
-        Some(dir) => dir,
-        None => {
-            let dir = work_dir().join("synthetic");
-            export_synthetic(&dir)?;
-            dir
-        }
-    };
-    if opts.limit_train == 0 && opts.limit_test == 0 {
-        return Ok((std::fs::canonicalize(source)?, label));
-    }
-    let dest = work_dir().join("subset");
-    limited_copy(&source, opts.limit_train, opts.limit_test, &dest)?;
-    Ok((dest, label))
+    image_folder::prepare(
+        opts.data.as_deref(),
+        opts.limit_train,
+        opts.limit_test,
+        &work_dir(),
+    )
 }
 
 /// One training run of one side.
@@ -580,7 +425,7 @@ fn format_lrs(lrs: &[f64]) -> String {
 fn main() -> anyhow::Result<()> {
     let opts = parse_options();
     if let Some(dir) = &opts.export_synthetic {
-        export_synthetic(dir)?;
+        image_folder::export_synthetic(dir)?;
         println!("wrote the synthetic set to {}", dir.display());
         return Ok(());
     }

@@ -1,18 +1,20 @@
 //! One MoCo training step of ResNet-18 with the CIFAR stem, moco-server's engine side by side with
 //! the same step in PyTorch (benches/py/moco_reference.py, the official code's order), on random
 //! 32×32 inputs. Prints milliseconds per step (on the CPU the fastest step of two alternating
-//! rounds per side) and the ratio engine / PyTorch (lower is better).
+//! rounds per side) and the ratio engine / PyTorch (lower is better): for the moco framework
+//! (the cifar preset's step: queue of 4096, split BN 8, SGD) and for MoCo v3's step (the v3-cifar
+//! preset: projector and predictor with 4096 hidden units, in-batch keys, LARS).
 //!
 //! On the CPU both sides compute in fp32. With a CUDA device a second table runs both sides as
 //! each is used there: the engine with its defaults (bf16 autocast where the GPU has it, fp16 with
 //! loss scaling otherwise, channels_last), PyTorch with torch.autocast, GradScaler for fp16 and
 //! the model in channels_last. It adds images/s and the share of each step during which no
 //! kernel ran on the device (launch overhead, host work), from libtorch's profiler.
-use moco_server::config::{Precision, Preset, RunConfig};
+use moco_server::config::{Choice, Framework, Precision, Preset, RunConfig};
 use moco_server::moco::model::MocoModel;
 use moco_server::torch_ext::{AutocastGuard, DeviceProfile, ReducedPrecision};
 use moco_server::train::device::{precision_label, reduced_precision};
-use moco_server::train::optim::FlatSgd;
+use moco_server::train::optim::FlatOptimizer;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -25,7 +27,7 @@ use tch::{Device, Kind, Tensor};
 mod python_support;
 use python_support::python;
 
-/// Set in the child process that times the engine: "width batch steps device".
+/// Set in the child process that times the engine: "framework width batch steps device".
 const CHILD_ENV: &str = "MOCO_BENCH_ENGINE_STEP";
 
 /// Steps profiled on a CUDA device to measure the device's busy time.
@@ -53,24 +55,33 @@ fn sync(device: Device) {
     }
 }
 
+/// The step each side times: the cifar preset's (moco) or the v3-cifar preset's (v3), at a
+/// width and batch.
+fn bench_config(framework: Framework, width: i64, batch: i64) -> RunConfig {
+    let overrides = [("width", Value::from(width)), ("batch_size", batch.into())];
+    match framework {
+        Framework::Moco => RunConfig::preset(Preset::Cifar).with_overrides(
+            overrides
+                .into_iter()
+                .chain([("queue_size", 4096.into()), ("shuffle_bn_splits", 8.into())]),
+        ),
+        Framework::V3 => RunConfig::preset(Preset::V3Cifar).with_overrides(overrides),
+    }
+    .expect("bench config is valid")
+}
+
 fn engine_step_timing(
+    framework: Framework,
     width: i64,
     batch: i64,
     steps: usize,
     device: Device,
     precision: Option<ReducedPrecision>,
 ) -> Timing {
-    let cfg = RunConfig::preset(Preset::Cifar)
-        .with_overrides([
-            ("width", Value::from(width)),
-            ("batch_size", batch.into()),
-            ("queue_size", 4096.into()),
-            ("shuffle_bn_splits", 8.into()),
-        ])
-        .expect("bench config is valid");
+    let cfg = bench_config(framework, width, batch);
     tch::manual_seed(0);
     let mut model = MocoModel::new(&cfg, device);
-    let mut optimizer = FlatSgd::new(&model.query.store, 0.9, 5e-4, false);
+    let mut optimizer = FlatOptimizer::for_run(&model.query.store, &cfg);
     if precision == Some(ReducedPrecision::Fp16) {
         optimizer = optimizer.with_loss_scaling();
     }
@@ -84,7 +95,7 @@ fn engine_step_timing(
         };
         model.query.store.zero_grad();
         optimizer.backward(&out.loss);
-        optimizer.step(&model.query.store, 0.06);
+        optimizer.step(&model.query.store, cfg.effective_lr());
         model.queue.enqueue(&out.keys, i);
     };
     // The first steps pay for first-touch page faults while the allocator's pools grow.
@@ -135,6 +146,7 @@ fn engine_step_timing(
 /// Times the engine in a fresh process, as the PyTorch side is: a process that already trained
 /// other shapes has a different allocator state, which alone moved results by 10%.
 fn engine_step_timing_in_child(
+    framework: Framework,
     width: i64,
     batch: i64,
     steps: usize,
@@ -144,10 +156,10 @@ fn engine_step_timing_in_child(
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".into(),
     };
-    timing_from(
-        Command::new(std::env::current_exe().ok()?)
-            .env(CHILD_ENV, format!("{width} {batch} {steps} {device_arg}")),
-    )
+    timing_from(Command::new(std::env::current_exe().ok()?).env(
+        CHILD_ENV,
+        format!("{} {width} {batch} {steps} {device_arg}", framework.name()),
+    ))
 }
 
 /// Runs a timing process (the engine's child or the PyTorch script) and reads the JSON report
@@ -168,9 +180,10 @@ fn timing_from(command: &mut Command) -> Option<Timing> {
 /// The child's side of `engine_step_timing_in_child`: one timing, as JSON on stdout.
 fn run_child(spec: &str) {
     let parts: Vec<&str> = spec.split(' ').collect();
-    let [width, batch, steps, device] = parts[..] else {
-        panic!("{CHILD_ENV} is \"width batch steps device\", got {spec:?}");
+    let [framework, width, batch, steps, device] = parts[..] else {
+        panic!("{CHILD_ENV} is \"framework width batch steps device\", got {spec:?}");
     };
+    let framework = Framework::parse(framework).expect("a framework");
     let device = match device.strip_prefix("cuda:") {
         Some(i) => Device::Cuda(i.parse().expect("a CUDA index")),
         None => Device::Cpu,
@@ -180,6 +193,7 @@ fn run_child(spec: &str) {
     }
     let precision = reduced_precision(Precision::Auto, device).expect("auto precision resolves");
     let t = engine_step_timing(
+        framework,
         width.parse().expect("width"),
         batch.parse().expect("batch"),
         steps.parse().expect("steps"),
@@ -193,6 +207,7 @@ fn run_child(spec: &str) {
 }
 
 fn pytorch_step_timing(
+    framework: Framework,
     width: i64,
     batch: i64,
     steps: usize,
@@ -202,7 +217,8 @@ fn pytorch_step_timing(
     let mut command = Command::new(python());
     command
         .arg(reference_script())
-        .args(["bench", "--width", &width.to_string()])
+        .args(["bench", "--framework", framework.name()])
+        .args(["--width", &width.to_string()])
         .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
         .args(["--splits", "8", "--queue-size", "4096"])
         .args(["--threads", &tch::get_num_threads().to_string()]);
@@ -225,9 +241,20 @@ fn pytorch_step_timing(
 const SHAPES: [(i64, i64, usize); 4] = [(16, 64, 10), (16, 256, 5), (64, 64, 5), (64, 256, 3)];
 const CPU_ROUNDS: usize = 2;
 
-fn cpu_table() {
+/// What the tables' titles say of each framework's step.
+fn step_title(framework: Framework) -> &'static str {
+    match framework {
+        Framework::Moco => "MoCo step, ResNet-18 CIFAR stem, K=4096, split BN 8, SGD",
+        Framework::V3 => {
+            "MoCo v3 step, ResNet-18 CIFAR stem, projector and predictor 4096 wide, LARS"
+        }
+    }
+}
+
+fn cpu_table(framework: Framework) {
     println!(
-        "MoCo step, ResNet-18 CIFAR stem, 32×32, K=4096, split BN 8, CPU fp32, threads {}",
+        "{}, 32×32, CPU fp32, threads {}",
+        step_title(framework),
         tch::get_num_threads()
     );
     println!(
@@ -240,10 +267,13 @@ fn cpu_table() {
         let mut engine = f64::INFINITY;
         let mut reference: Option<f64> = None;
         for _ in 0..CPU_ROUNDS {
-            if let Some(e) = engine_step_timing_in_child(width, batch, steps, Device::Cpu) {
+            if let Some(e) =
+                engine_step_timing_in_child(framework, width, batch, steps, Device::Cpu)
+            {
                 engine = engine.min(e.ms_per_step);
             }
-            if let Some(r) = pytorch_step_timing(width, batch, steps, Device::Cpu, None) {
+            if let Some(r) = pytorch_step_timing(framework, width, batch, steps, Device::Cpu, None)
+            {
                 reference = Some(reference.map_or(r.ms_per_step, |best| best.min(r.ms_per_step)));
             }
         }
@@ -271,12 +301,13 @@ fn idle_share(t: &Timing) -> String {
     }
 }
 
-fn cuda_table(device: Device) {
+fn cuda_table(device: Device, framework: Framework) {
     let precision = reduced_precision(Precision::Auto, device).expect("auto precision resolves");
     let name = precision_label(precision);
     println!();
     println!(
-        "MoCo step on {device:?}, ResNet-18 CIFAR stem, K=4096, split BN 8, {name}, channels_last"
+        "{} on {device:?}, {name}, channels_last",
+        step_title(framework)
     );
     println!(
         "{:>6} {:>6} {:>11} {:>11} {:>7} {:>12} {:>12} {:>12} {:>12}",
@@ -292,12 +323,13 @@ fn cuda_table(device: Device) {
     );
     for (width, batch, _) in SHAPES {
         let steps = 30;
-        let Some(engine) = engine_step_timing_in_child(width, batch, steps, device) else {
+        let Some(engine) = engine_step_timing_in_child(framework, width, batch, steps, device)
+        else {
             println!("{width:>6} {batch:>6} engine failed");
             continue;
         };
         let images = |t: &Timing| batch as f64 * 1000.0 / t.ms_per_step;
-        match pytorch_step_timing(width, batch, steps, device, precision) {
+        match pytorch_step_timing(framework, width, batch, steps, device, precision) {
             Some(reference) => println!(
                 "{width:>6} {batch:>6} {:>11.2} {:>11.2} {:>7.3} {:>12.0} {:>12.0} {:>12} {:>12}",
                 engine.ms_per_step,
@@ -329,11 +361,14 @@ fn main() {
     }
     // MOCO_BENCH_GPU_ONLY skips the CPU table where device time is scarce.
     if std::env::var_os("MOCO_BENCH_GPU_ONLY").is_none() {
-        cpu_table();
+        cpu_table(Framework::Moco);
+        println!();
+        cpu_table(Framework::V3);
     }
     if tch::Cuda::is_available() {
         tch::Cuda::cudnn_set_benchmark(true);
-        cuda_table(Device::Cuda(0));
+        cuda_table(Device::Cuda(0), Framework::Moco);
+        cuda_table(Device::Cuda(0), Framework::V3);
     } else {
         println!("\nno CUDA device: the GPU table (images/s, device idle share) is skipped");
     }

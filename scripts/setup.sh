@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what moco-server needs to build and run, once: a Python virtual environment in .venv
-# holding torch==2.11.0 (its libtorch is what tch 0.24 links against) and torchvision (used by the
-# benchmarks and the export checks). A second run finds the ready marker and installs nothing.
+# holding torch==2.11.0 (its libtorch is what tch 0.24 links against), torchvision (used by the
+# benchmarks and the export checks) and timm (the ViT export check). A second run finds the ready marker and installs nothing.
 # A failed install removes the half-made environment, so no later run trusts it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +20,25 @@ fail() {
 command -v cargo >/dev/null 2>&1 ||
     fail "cargo was not found. Install Rust with rustup (https://rustup.rs), then run this again."
 
+# Python packages beyond torch, installed into the same environment: timm, whose
+# VisionTransformer the ViT export check loads. Its own marker, so adding one never reinstalls
+# torch.
+EXTRAS="timm==1.0.15"
+EXTRAS_READY="$VENV/.moco-extras"
+
+install_extras() {
+    if [ -f "$EXTRAS_READY" ] && [ "$(cat "$EXTRAS_READY")" = "$EXTRAS" ]; then
+        return 0
+    fi
+    echo "setup: installing $EXTRAS into $VENV"
+    "$VENV/bin/pip" install --disable-pip-version-check --progress-bar on $EXTRAS ||
+        fail "pip could not install $EXTRAS. Check that this machine reaches the Python package index (pip config list shows a mirror, if any), then run this again."
+    echo "$EXTRAS" >"$EXTRAS_READY"
+}
+
 if [ -f "$READY" ] && [ "$(cat "$READY")" = "$WANT" ] && [ -x "$VENV/bin/python" ] &&
     [ -f "$VENV/libtorch/lib/libtorch.so" ]; then
+    install_extras
     exit 0
 fi
 
@@ -53,4 +70,5 @@ fi
 ln -sfn "$("$VENV/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')" "$VENV/libtorch"
 trap - ERR
 echo "$WANT" >"$READY"
+install_extras
 echo "setup: $VENV is ready"

@@ -14,7 +14,7 @@
   const METRICS = [
     "loss", "lr", "momentum", "top1", "pos_logit", "neg_logit", "neg_logit_max", "queue_fill", "queue_ptr",
     "key_age_mean", "key_age_max", "queue_similarity", "drift", "images_per_sec", "data_wait_ms",
-    "device_memory_mb", "device_memory_peak_mb", "loss_scale",
+    "device_memory_mb", "device_memory_peak_mb", "loss_scale", "grad_norm", "grad_norm_first",
   ];
   const $ = (id) => document.getElementById(id);
 
@@ -58,6 +58,14 @@
       series: [{ label: "images/s", color: "#0c8599" }, { label: "data wait ms", scale: "ms", color: "#e8590c" }],
       axes: [{ scale: "ms", label: "ms" }],
     }),
+    grad: new Moco.Chart($("chart-grad"), {
+      yLabel: "‖g‖",
+      series: [
+        { label: "whole encoder", color: "#2f6fdf" },
+        { label: "first layer", scale: "first", color: "#e8590c" },
+      ],
+      axes: [{ scale: "first", label: "first layer" }],
+    }),
     queue: new Moco.Chart($("chart-queue"), {
       yLabel: "similarity",
       series: [{ label: "queue similarity", color: "#c92a2a" }, { label: "drift", scale: "drift", color: "#5c940d" }],
@@ -76,6 +84,7 @@
     charts.knn.setData(k);
     $("chart-knn").dataset.points = String(k[0].length);
     charts.speed.setData(store.aligned(["images_per_sec", "data_wait_ms"]));
+    charts.grad.setData(store.aligned(["grad_norm", "grad_norm_first"]));
     charts.queue.setData(store.aligned(["queue_similarity", "drift"]));
     updateQueueStats();
   });

@@ -651,3 +651,125 @@ async fn a_dataset_downloaded_from_the_page_joins_the_table_and_the_picker() {
     );
     b.client.clone().close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linear_probe_queued_from_the_run_page_is_followed_live_to_its_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let run = server.create_run(&common::tiny_run("probed", 1)).await;
+    assert_eq!(server.wait_finished(run).await["state"], "completed");
+    let b = Browser::start().await;
+    b.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": STATE_RECORDER }),
+    )
+    .await;
+
+    b.goto(&server.at(&format!("/runs/{run}"))).await;
+    b.client
+        .find(Locator::Css("#eval-details > summary"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    // The official protocol, long enough (150 epochs of 8 steps) to be watched while it runs.
+    b.client
+        .find(Locator::Css("#eval-method"))
+        .await
+        .unwrap()
+        .select_by_value("linear:moco")
+        .await
+        .unwrap();
+    fill(
+        &b,
+        &[
+            ("eval-epochs", "150"),
+            ("eval-batch", "8"),
+            ("eval-device", "cpu"),
+        ],
+    )
+    .await;
+    b.screenshot_full("dashboard-20-run-evaluate-form", 1280)
+        .await;
+    b.client
+        .find(Locator::Id("eval-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until("the evaluation page", Duration::from_secs(30), || async {
+        let url = b.client.current_url().await.ok()?.to_string();
+        url.contains("/evals/").then_some(())
+    })
+    .await;
+    assert!(b.text("h1").await.contains("linear (moco) evaluation"));
+
+    // Live: the progress moves through the epochs while the page stays open.
+    let midway = b
+        .wait_until("a progress midway", Duration::from_secs(120), || async {
+            let text = text_of(&b, "#eval-progress .progress-text").await;
+            let epoch: i64 = text
+                .split("epoch ")
+                .nth(1)?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()?;
+            (epoch > 0 && epoch < 150).then_some(text)
+        })
+        .await;
+    assert!(
+        midway.contains("ETA") || midway.contains("step"),
+        "{midway}"
+    );
+    assert_no_script_errors(&b, "dashboard-21-eval-live").await;
+    b.screenshot_full("dashboard-21-eval-live", 1280).await;
+    b.wait_until(
+        "the evaluation to complete",
+        Duration::from_secs(300),
+        || async {
+            let state = text_of(&b, "#eval-state").await;
+            assert!(
+                !["failed", "cancelled"].contains(&state.as_str()),
+                "{state}"
+            );
+            (state == "completed").then_some(())
+        },
+    )
+    .await;
+    // The page reloaded with the result: every epoch in the table and on both charts.
+    let rows = b
+        .wait_until("the epochs table", Duration::from_secs(10), || async {
+            let n = b
+                .js("return document.querySelectorAll('#epochs-table tbody tr').length;")
+                .await
+                .as_i64()?;
+            (n == 150).then_some(n)
+        })
+        .await;
+    assert_eq!(rows, 150);
+    let canvases = b
+        .js("return document.querySelectorAll('#chart-loss canvas, #chart-accuracy canvas').length;")
+        .await;
+    assert_eq!(canvases, serde_json::json!(2));
+    let top1 = b.text("[data-stat=\"top1\"]").await;
+    assert!(top1.ends_with('%'), "{top1}");
+    assert!(
+        b.js("return document.getElementById('cancel-form').hidden;")
+            .await
+            == serde_json::json!(true)
+    );
+    assert_no_script_errors(&b, "dashboard-22-eval-done").await;
+    b.screenshot_full("dashboard-22-eval-done", 1280).await;
+
+    // The run page lists it with its scores.
+    b.goto(&server.at(&format!("/runs/{run}"))).await;
+    let row = b.text("#run-evals tbody tr").await;
+    assert!(
+        row.contains("linear (moco)") && row.contains(&top1),
+        "{row}"
+    );
+    b.client.clone().close().await.unwrap();
+}

@@ -3,26 +3,9 @@
 //! everything here is what a user without JavaScript gets.
 mod common;
 
+use common::pages::{client, get, post_form};
 use common::Server;
-use reqwest::redirect::Policy;
 use reqwest::StatusCode;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn get(url: &str) -> (StatusCode, String) {
-    let res = client().get(url).send().await.unwrap();
-    let status = res.status();
-    (status, res.text().await.unwrap())
-}
-
-async fn post_form(url: &str, fields: &[(&str, &str)]) -> reqwest::Response {
-    client().post(url).form(fields).send().await.unwrap()
-}
 
 /// The form of a tiny CPU run on the built-in dataset (seconds to train).
 fn tiny(name: &str) -> Vec<(&str, &str)> {

@@ -7,7 +7,7 @@ use moco_server::moco::norm::BatchNorm;
 use moco_server::moco::params::ParamStore;
 use moco_server::moco::queue::Queue;
 use moco_server::moco::shuffle::Shuffle;
-use moco_server::train::optim::FlatSgd;
+use moco_server::train::optim::FlatOptimizer;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -187,7 +187,7 @@ fn flat_sgd_matches_torch_sgd_arithmetic() {
     let b = store.param("b".into(), Tensor::from_slice(&[0.5f32]), true);
     store.flatten();
     store.attach_flat_grad();
-    let mut sgd = FlatSgd::new(&store, 0.9, 0.1, true);
+    let mut sgd = FlatOptimizer::new(&store, 0.9, 0.1, true);
     for _ in 0..2 {
         store.zero_grad();
         // loss = Σw² + 3b → grad w = 2w, grad b = 3.
@@ -209,6 +209,109 @@ fn flat_sgd_matches_torch_sgd_arithmetic() {
     assert!((got[0] as f64 - expected_w[0]).abs() < 1e-6, "{got:?}");
     assert!((got[1] as f64 - expected_w[1]).abs() < 1e-6, "{got:?}");
     assert!((got[2] as f64 - expected_b).abs() < 1e-6, "{got:?}");
+}
+
+#[test]
+fn adamw_matches_torch_adamw_arithmetic() {
+    let mut store = ParamStore::new(Device::Cpu);
+    let w = store.param("w".into(), Tensor::from_slice(&[1.0f32, -2.0]), false);
+    let b = store.param("b".into(), Tensor::from_slice(&[0.5f32]), true);
+    store.flatten();
+    store.attach_flat_grad();
+    let (lr, wd) = (0.01, 0.1);
+    let mut adamw = FlatOptimizer::adamw(&store, wd);
+    for _ in 0..2 {
+        store.zero_grad();
+        // loss = Σw² + 3b → grad w = 2w, grad b = 3.
+        let loss = w.square().sum(Kind::Float) + &b * 3.0;
+        loss.sum(Kind::Float).backward();
+        adamw.step(&store, lr);
+    }
+    // By hand, torch.optim.AdamW: θ ← θ(1 − lr·wd); m ← 0.9m + 0.1g; v ← 0.999v + 0.001g²;
+    // θ ← θ − lr/(1 − 0.9ᵗ) · m / (√v/√(1 − 0.999ᵗ) + 1e-8).
+    let grad = |theta: &[f64; 3]| [2.0 * theta[0], 2.0 * theta[1], 3.0];
+    let mut theta = [1.0f64, -2.0, 0.5];
+    let (mut m, mut v) = ([0.0f64; 3], [0.0f64; 3]);
+    for t in 1..=2 {
+        let g = grad(&theta);
+        for i in 0..3 {
+            theta[i] *= 1.0 - lr * wd;
+            m[i] = 0.9 * m[i] + 0.1 * g[i];
+            v[i] = 0.999 * v[i] + 0.001 * g[i] * g[i];
+            let denom = v[i].sqrt() / (1.0 - 0.999f64.powi(t)).sqrt() + 1e-8;
+            theta[i] -= lr / (1.0 - 0.9f64.powi(t)) * m[i] / denom;
+        }
+    }
+    let got: Vec<f32> = Vec::try_from(store.flat()).unwrap();
+    for i in 0..3 {
+        // fp32 against f64, values near 1: a few ulps.
+        assert!(
+            (got[i] as f64 - theta[i]).abs() < 1e-6,
+            "{got:?} vs {theta:?}"
+        );
+    }
+    // The state a checkpoint keeps: m, v and the step.
+    let state = adamw.named_state();
+    let names: Vec<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "optimizer.momentum_buffer",
+            "optimizer.exp_avg_sq",
+            "optimizer.step"
+        ]
+    );
+    assert_eq!(state[2].1.int64_value(&[]), 2);
+    let mut restored = FlatOptimizer::adamw(&store, wd);
+    restored.load_state(&state).unwrap();
+    assert_eq!(restored.named_state()[2].1.int64_value(&[]), 2);
+}
+
+#[test]
+fn lars_scales_matrices_by_the_trust_ratio_and_leaves_vectors_plain() {
+    let mut store = ParamStore::new(Device::Cpu);
+    let w = store.param(
+        "w".into(),
+        Tensor::from_slice(&[3.0f32, 0.0, 0.0, 4.0]).view([2, 2]),
+        false,
+    );
+    let b = store.param("b".into(), Tensor::from_slice(&[0.5f32, -1.0]), true);
+    store.flatten();
+    store.attach_flat_grad();
+    let (lr, wd, trust, mu) = (0.1, 0.01, 0.001, 0.9);
+    let mut lars = FlatOptimizer::lars(&store, mu, wd, trust);
+    for _ in 0..2 {
+        store.zero_grad();
+        // loss = Σw² + Σ(2·b) → grad w = 2w, grad b = 2.
+        let loss = w.square().sum(Kind::Float) + (&b * 2.0).sum(Kind::Float);
+        loss.backward();
+        lars.step(&store, lr);
+    }
+    // By hand, moco-v3's optimizer.py: w (2-D): d = g + wd·w, q = trust·‖w‖/‖d‖, d ← q·d;
+    // b (1-D): d = g, no decay, no scaling; then μ-momentum and θ ← θ − lr·μ-buffer.
+    let mut w_h = [3.0f64, 0.0, 0.0, 4.0];
+    let mut b_h = [0.5f64, -1.0];
+    let (mut mu_w, mut mu_b) = ([0.0f64; 4], [0.0f64; 2]);
+    for _ in 0..2 {
+        let d: Vec<f64> = w_h.iter().map(|x| 2.0 * x + wd * x).collect();
+        let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let q = trust * norm(&w_h) / norm(&d);
+        for i in 0..4 {
+            mu_w[i] = mu * mu_w[i] + q * d[i];
+            w_h[i] -= lr * mu_w[i];
+        }
+        for i in 0..2 {
+            mu_b[i] = mu * mu_b[i] + 2.0;
+            b_h[i] -= lr * mu_b[i];
+        }
+    }
+    let got: Vec<f32> = Vec::try_from(store.flat()).unwrap();
+    let expected: Vec<f64> = w_h.iter().chain(&b_h).copied().collect();
+    for (g, e) in got.iter().zip(&expected) {
+        assert!((*g as f64 - e).abs() < 1e-6, "{got:?} vs {expected:?}");
+    }
+    // The matrix moved by about trust × its norm per step, far less than plain SGD would.
+    assert!((got[0] as f64 - 3.0).abs() < 0.01, "{got:?}");
 }
 
 #[test]

@@ -96,7 +96,7 @@ use moco_server::config::{MemoryFormat, Precision, Preset, RunConfig};
 use moco_server::moco::model::MocoModel;
 use moco_server::moco::norm::BatchNorm;
 use moco_server::moco::params::ParamStore;
-use moco_server::train::optim::FlatSgd;
+use moco_server::train::optim::FlatOptimizer;
 use moco_server::train::scaler::INITIAL_SCALE;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -262,7 +262,7 @@ fn the_loss_scaler_backs_off_on_overflow_and_the_step_is_skipped() {
     let cfg = small_config(MemoryFormat::Contiguous);
     let model = MocoModel::seeded(&cfg, Device::Cpu, 1);
     let store = &model.query.store;
-    let mut sgd = FlatSgd::new(store, 0.9, 1e-4, false).with_loss_scaling();
+    let mut sgd = FlatOptimizer::new(store, 0.9, 1e-4, false).with_loss_scaling();
     let before = store.flat().copy();
 
     // A loss that overflows fp32 once scaled: its gradients are infinite.
@@ -301,7 +301,7 @@ fn the_loss_scaler_backs_off_on_overflow_and_the_step_is_skipped() {
     assert!(max_abs_diff(&moved, &expected) < 1e-6);
 
     // The scale travels in the optimizer's checkpoint state.
-    let mut restored = FlatSgd::new(store, 0.9, 1e-4, false).with_loss_scaling();
+    let mut restored = FlatOptimizer::new(store, 0.9, 1e-4, false).with_loss_scaling();
     restored.load_state(&sgd.named_state()).unwrap();
     assert_eq!(
         f64::try_from(&restored.scaler.as_ref().unwrap().scale).unwrap(),

@@ -1,11 +1,11 @@
 //! MoCo steps of the engine equal the same steps in plain PyTorch, written the way the
 //! official code does it (benches/py/moco_reference.py): same loss, same updated query and key
-//! encoders (with BatchNorm buffers), same queue.
+//! encoders (with BatchNorm buffers), same queue; MoCo v3's step with its heads and LARS likewise.
 use moco_server::config::{Preset, RunConfig};
 use moco_server::moco::model::MocoModel;
 use moco_server::moco::shuffle::Shuffle;
 use moco_server::train::checkpoint::{save_full, write_safetensors_atomic, TrainingState};
-use moco_server::train::optim::FlatSgd;
+use moco_server::train::optim::FlatOptimizer;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -14,7 +14,10 @@ use std::path::Path;
 use std::process::Command;
 use tch::{Device, Kind, Tensor};
 
-fn compare_one_step(overrides: Value) {
+/// `lr` for the three steps: AdamW's update is about lr per weight whatever the gradient, so a
+/// gradient near 0, whose sign the two sides' summation orders may disagree on, moves a weight by
+/// up to 2·lr apart; its test takes a small lr.
+fn compare_one_step(overrides: Value, lr: f64) {
     let mut doc = json!({
         "preset": "cifar", "width": 8, "batch_size": 8, "queue_size": 32,
         "shuffle_bn_splits": 2, "dim": 16, "device": "cpu", "weight_decay": 5e-4
@@ -26,12 +29,7 @@ fn compare_one_step(overrides: Value) {
     let dir = tempfile::tempdir().unwrap();
     tch::manual_seed(11);
     let mut model = MocoModel::new(&cfg, Device::Cpu);
-    let mut optimizer = FlatSgd::new(
-        &model.query.store,
-        cfg.sgd_momentum,
-        cfg.weight_decay,
-        cfg.wd_exclude_bn_bias,
-    );
+    let mut optimizer = FlatOptimizer::for_run(&model.query.store, &cfg);
     // Fill part of the queue so the pointer is not at 0.
     model.queue.enqueue(
         &Tensor::randn([cfg.keys_per_step(), cfg.dim], (Kind::Float, Device::Cpu)),
@@ -56,7 +54,7 @@ fn compare_one_step(overrides: Value) {
     let steps = 3;
     let mut tensors = Vec::new();
     let mut losses = Vec::new();
-    let (lr, m) = (0.05, 0.9);
+    let m = 0.9;
     for step in 0..steps {
         let x1 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
         let x2 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
@@ -89,6 +87,19 @@ fn compare_one_step(overrides: Value) {
         ("m".to_string(), m.to_string()),
         ("steps".to_string(), steps.to_string()),
         ("losses".to_string(), losses.join(",")),
+        // The query's parameters in the optimizer state's flat order, so the reference can
+        // compare that state (momentum, Adam's moments) tensor by tensor.
+        (
+            "flat_params".to_string(),
+            model
+                .query
+                .store
+                .params
+                .iter()
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
     ]);
     write_safetensors_atomic(&inputs, &tensors, meta).unwrap();
 
@@ -117,15 +128,40 @@ fn compare_one_step(overrides: Value) {
 
 #[test]
 fn v1_style_step_matches_pytorch() {
-    compare_one_step(json!({"head": "linear"}));
+    compare_one_step(json!({"head": "linear"}), 0.05);
 }
 
 #[test]
 fn v2_style_step_with_mlp_head_matches_pytorch() {
-    compare_one_step(json!({"head": "mlp", "head_hidden": 32, "wd_exclude_bn_bias": true}));
+    compare_one_step(
+        json!({"head": "mlp", "head_hidden": 32, "wd_exclude_bn_bias": true}),
+        0.05,
+    );
+}
+
+#[test]
+fn v3_step_with_its_projector_predictor_and_lars_matches_pytorch() {
+    compare_one_step(
+        json!({
+            "preset": "v3-cifar", "shuffle_bn_splits": 1, "head_hidden": 32,
+            "weight_decay": 1e-4, "lars_trust": 0.02
+        }),
+        0.05,
+    );
+}
+
+#[test]
+fn v3_vit_step_with_a_frozen_patch_projection_and_adamw_matches_pytorch() {
+    compare_one_step(
+        json!({
+            "preset": "v3-vit-s", "arch": "vit_tiny", "patch_size": 8, "image_size": 32,
+            "shuffle_bn_splits": 1, "head_hidden": 32
+        }),
+        1e-5,
+    );
 }
 
 #[test]
 fn symmetric_step_matches_pytorch() {
-    compare_one_step(json!({"symmetric": true, "queue_size": 48}));
+    compare_one_step(json!({"symmetric": true, "queue_size": 48}), 0.05);
 }

@@ -161,6 +161,7 @@ fn fast_probe_top1(file: &Path, cfg: &RunConfig) -> f64 {
         splits: &splits,
         config: &probe,
         device: Device::Cpu,
+        feature_cache: None,
     };
     run_probe(&request, &mut Quiet).unwrap().top1
 }
@@ -493,6 +494,191 @@ print(json.dumps({"missing": sorted(res.missing_keys), "unexpected": sorted(res.
         report,
         json!({"missing": ["conv1.weight", "fc.bias", "fc.weight"], "unexpected": []})
     );
+}
+
+#[test]
+fn a_v3_run_trains_without_a_queue_and_exports_its_backbone_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(json!({
+        "preset": "v3-cifar", "width": 8, "batch_size": 32, "epochs": 2, "shuffle_bn_splits": 1,
+        "head_hidden": 64, "dim": 32, "knn_every": 1, "metrics_every": 1, "warmup_epochs": 1,
+        "dataset": {"synthetic_train": 128, "synthetic_test": 64}
+    }));
+    assert_eq!(cfg.optimizer, moco_server::config::OptimizerKind::Lars);
+    let (outcome, observer) = train(&cfg, dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    let metrics: Vec<_> = observer.metrics().collect();
+    assert_eq!(metrics.len(), 8);
+    for m in &metrics {
+        let loss = m.values["loss"];
+        // ctr × 2T summed over both views: 2 · 2T · ln(N) at chance, here 2 · 0.4 · ln 32 = 2.77.
+        assert!(loss.is_finite() && loss > 0.0 && loss < 6.0, "{m:?}");
+        // The 'queue' holds the batch's 2 × 32 keys: always full.
+        assert_eq!(m.values["queue_fill"], 1.0, "{m:?}");
+    }
+    // The export is the backbone: neither the projector nor the predictor.
+    let export = observer.encoder_export().unwrap().path.clone();
+    let (tensors, _) = read_safetensors(&export, Device::Cpu).unwrap();
+    assert!(tensors
+        .iter()
+        .all(|(n, _)| !n.starts_with("fc.") && !n.starts_with("predictor.")));
+    // The full checkpoint holds the predictor, and evaluations read its backbone.
+    let full = observer
+        .checkpoints()
+        .filter(|c| c.kind == CheckpointKind::Full)
+        .last()
+        .unwrap()
+        .path
+        .clone();
+    let (tensors, _) = read_safetensors(&full, Device::Cpu).unwrap();
+    assert!(tensors
+        .iter()
+        .any(|(n, _)| n == "encoder_q.predictor.0.weight"));
+    assert!(!tensors
+        .iter()
+        .any(|(n, _)| n.starts_with("encoder_k.predictor.")));
+    FrozenEncoder::load(&full, Device::Cpu).unwrap();
+}
+
+#[test]
+fn a_v3_run_resumes_exactly_with_its_predictor_and_lars_state() {
+    let cfg = tiny(json!({
+        "preset": "v3-cifar", "width": 8, "batch_size": 32, "epochs": 2, "shuffle_bn_splits": 1,
+        "head_hidden": 64, "dim": 32, "knn_every": 0, "metrics_every": 1, "warmup_epochs": 1,
+        "checkpoint_every": 1, "dataset": {"synthetic_train": 128, "synthetic_test": 64}
+    }));
+    let straight_dir = tempfile::tempdir().unwrap();
+    let (outcome, straight) = train(&cfg, straight_dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    let split_dir = tempfile::tempdir().unwrap();
+    let (outcome, first) = train_until(&cfg, split_dir.path(), 4);
+    assert_eq!(outcome, RunOutcome::Cancelled { step: 4 });
+    let full = |o: &CollectingObserver| {
+        o.checkpoints()
+            .filter(|c| c.kind == CheckpointKind::Full)
+            .last()
+            .unwrap()
+            .path
+            .clone()
+    };
+    let (outcome, second) = train(&cfg, split_dir.path(), Some(&full(&first)));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    let losses =
+        |o: &CollectingObserver| -> Vec<f64> { o.metrics().map(|m| m.values["loss"]).collect() };
+    let resumed: Vec<f64> = losses(&first).into_iter().chain(losses(&second)).collect();
+    let straight_losses = losses(&straight);
+    assert_eq!(straight_losses.len(), resumed.len());
+    for (a, b) in straight_losses.iter().zip(&resumed) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let (a, _) = read_safetensors(&full(&straight), Device::Cpu).unwrap();
+    let (b, _) = read_safetensors(&full(&second), Device::Cpu).unwrap();
+    let find = |v: &[(String, tch::Tensor)], n: &str| {
+        v.iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("no {n}"))
+            .1
+            .shallow_clone()
+    };
+    for name in [
+        "encoder_q.predictor.0.weight",
+        "encoder_q.fc.1.running_var",
+        "encoder_k.fc.3.weight",
+        "optimizer.momentum_buffer",
+    ] {
+        let diff = (find(&a, name) - find(&b, name))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-4, "{name} differs by {diff}");
+    }
+}
+
+#[test]
+fn a_vit_export_loads_into_timms_vision_transformer_with_no_key_missing_or_left_over() {
+    let dir = tempfile::tempdir().unwrap();
+    // ViT-S/16 at 224 as the v3-vit-s preset builds it (a narrow head: only the backbone is
+    // exported), untrained.
+    let cfg = RunConfig::preset(Preset::V3VitS)
+        .with_overrides([("head_hidden", Value::from(64)), ("device", "cpu".into())])
+        .unwrap();
+    let model = MocoModel::seeded(&cfg, Device::Cpu, 0);
+    let export = dir.path().join("vit.safetensors");
+    export_encoder(
+        &export,
+        &model,
+        &EncoderMetadata::for_run(&cfg, ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]), 0, 0),
+    )
+    .unwrap();
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let check = r#"
+import json, sys, timm
+from safetensors.torch import load_file
+sd = load_file(sys.argv[1])
+m = timm.create_model("vit_small_patch16_224", num_classes=0)
+res = m.load_state_dict(sd, strict=False)
+print(json.dumps({"missing": sorted(res.missing_keys), "unexpected": sorted(res.unexpected_keys),
+                  "keys": len(sd)}))
+"#;
+    let out = Command::new(&python)
+        .args(["-c", check])
+        .arg(&export)
+        .output()
+        .expect("run the venv's python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "timm refused the export: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        report,
+        json!({"missing": [], "unexpected": [], "keys": 150}),
+        "the export's keys are timm's"
+    );
+    // And it reads back as an encoder to evaluate.
+    let encoder = FrozenEncoder::load(&export, Device::Cpu).unwrap();
+    assert_eq!(encoder.feature_dim(), 384);
+}
+
+#[test]
+fn a_tiny_vit_trains_with_v3_and_adamw() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = tiny(json!({
+        "preset": "v3-vit-s", "arch": "vit_tiny", "patch_size": 8, "image_size": 32,
+        "batch_size": 32, "epochs": 1, "shuffle_bn_splits": 1, "head_hidden": 64, "dim": 32,
+        "knn_every": 1, "metrics_every": 1, "warmup_epochs": 0, "base_lr": 1.5e-4,
+        "lr_base_batch": 256, "dataset": {"synthetic_train": 96, "synthetic_test": 32}
+    }));
+    assert_eq!(cfg.optimizer, moco_server::config::OptimizerKind::Adamw);
+    assert!(cfg.freeze_patch_embed);
+    let (outcome, observer) = train(&cfg, dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 3, .. }),
+        "{outcome:?}"
+    );
+    for m in observer.metrics() {
+        assert!(m.values["loss"].is_finite(), "{m:?}");
+        // The frozen patch projection is the first layer: it never takes a gradient.
+        assert_eq!(m.values["grad_norm_first"], 0.0, "{m:?}");
+        assert!(m.values["grad_norm"] > 0.0, "{m:?}");
+    }
+    let export = observer.encoder_export().unwrap().path.clone();
+    let (tensors, _) = read_safetensors(&export, Device::Cpu).unwrap();
+    assert!(tensors.iter().any(|(n, _)| n == "blocks.11.mlp.fc2.weight"));
+    assert!(tensors
+        .iter()
+        .all(|(n, _)| !n.starts_with("head.") && !n.starts_with("predictor.")));
 }
 
 /// The log lines of a run.

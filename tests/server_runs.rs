@@ -245,7 +245,21 @@ async fn reference_endpoints_describe_the_server() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["v1", "v2", "cifar", "demo"]);
+    assert_eq!(
+        names,
+        vec!["v1", "v2", "cifar", "demo", "v3", "v3-cifar", "v3-vit-s", "v3-vit-b"]
+    );
+    // MoCo v3: in-batch keys, LARS at lr 0.6 × B/256 over batches of 4096, T 1.
+    let v3 = &presets["presets"][4]["config"];
+    assert_eq!(
+        (
+            &v3["framework"],
+            &v3["optimizer"],
+            &v3["batch_size"],
+            &v3["temperature"]
+        ),
+        (&json!("v3"), &json!("lars"), &json!(4096), &json!(1.0))
+    );
     assert_eq!(presets["presets"][1]["config"]["head"], "mlp");
     assert_eq!(presets["presets"][2]["config"]["queue_size"], 4096);
     // v2's MLP is as wide as the backbone's features (2048 for ResNet-50); the CIFAR demo's kNN

@@ -309,6 +309,35 @@ async fn changes_need_the_token_when_one_is_set() {
     assert_eq!(resp.status(), 401);
     assert_eq!(server.run_count().await, 0);
     assert_eq!(server.get("/api/health").await.status(), 200);
+    // Every operation the API document marks as a change answers 401 without it, as do the
+    // pages' forms, the encoder uploads included.
+    let doc = server.get_json("/api/openapi.json").await;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op.get("security").is_none() {
+                continue;
+            }
+            let concrete = path.replace("{id}", "1").replace("{name}", "x.safetensors");
+            let resp = server
+                .client
+                .request(method.to_uppercase().parse().unwrap(), server.at(&concrete))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 401, "{method} {concrete}");
+        }
+    }
+    for form in [
+        "/evals",
+        "/evals/encoders",
+        "/evals/1/cancel",
+        "/runs/1/evaluate",
+    ] {
+        let resp = server.client.post(server.at(form)).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{form}");
+    }
+    assert!(!server.data_dir.join("encoders/x.safetensors").exists());
 
     // With it, the run is created and can be cancelled and deleted with it only.
     let resp = server

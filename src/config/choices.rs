@@ -58,15 +58,73 @@ choice_enum! { "lowercase",
         Cifar,
         /// A few minutes on a CPU: a narrow ResNet-18 on the built-in set, to see MoCo learn.
         Demo,
+        /// MoCo v3 (Chen, Xie and He, 2021) with ResNet-50 on ImageNet.
+        V3,
+        /// MoCo v3's method with the CIFAR ResNet-18.
+        #[serde(rename = "v3-cifar")]
+        #[strum(serialize = "v3-cifar")]
+        V3Cifar,
+        /// MoCo v3 with ViT-Small/16 on ImageNet.
+        #[serde(rename = "v3-vit-s")]
+        #[strum(serialize = "v3-vit-s")]
+        V3VitS,
+        /// MoCo v3 with ViT-Base/16 on ImageNet.
+        #[serde(rename = "v3-vit-b")]
+        #[strum(serialize = "v3-vit-b")]
+        V3VitB,
+    }
+}
+
+choice_enum! { "snake_case",
+    /// Where the negatives come from, and the loss.
+    pub enum Framework {
+        /// MoCo v1/v2: InfoNCE of q against its key and a queue of K past keys, shuffle BN.
+        Moco,
+        /// MoCo v3: no queue; each view's prediction against the other view's keys of the whole
+        /// batch, ctr(q1, k2) + ctr(q2, k1), with a predictor after the projector.
+        V3,
     }
 }
 
 choice_enum! { "lowercase",
-    /// The ResNet depth.
+    /// How parameters are updated.
+    pub enum OptimizerKind {
+        /// torch.optim.SGD with momentum (MoCo v1/v2, the CIFAR demo).
+        Sgd,
+        /// MoCo v3's LARS: SGD with momentum whose step of every weight matrix and convolution
+        /// is scaled to trust × ‖θ‖ / ‖g + wd·θ‖; BatchNorm parameters and biases take neither
+        /// weight decay nor scaling.
+        Lars,
+        /// torch.optim.AdamW (betas 0.9, 0.999, eps 1e-8), decay on every parameter: MoCo v3's
+        /// for Vision Transformers.
+        Adamw,
+    }
+}
+
+choice_enum! { "lowercase",
+    /// The backbone: a ResNet depth, or a Vision Transformer (MoCo v3's vits.py).
     pub enum Arch {
         Resnet18,
         Resnet34,
         Resnet50,
+        /// ViT-Tiny: width 192, 12 blocks of 3 heads.
+        #[serde(rename = "vit_tiny")]
+        #[strum(serialize = "vit_tiny")]
+        VitTiny,
+        /// ViT-Small as MoCo v3 builds it: width 384, 12 blocks of 12 heads.
+        #[serde(rename = "vit_small")]
+        #[strum(serialize = "vit_small")]
+        VitSmall,
+        /// ViT-Base: width 768, 12 blocks of 12 heads.
+        #[serde(rename = "vit_base")]
+        #[strum(serialize = "vit_base")]
+        VitBase,
+    }
+}
+
+impl Arch {
+    pub fn is_vit(self) -> bool {
+        matches!(self, Arch::VitTiny | Arch::VitSmall | Arch::VitBase)
     }
 }
 
@@ -87,6 +145,9 @@ choice_enum! { "lowercase",
         Linear,
         /// v2: Linear → ReLU → Linear to `dim`.
         Mlp,
+        /// MoCo v3's `_build_mlp`: per hidden layer Linear (no bias) → BatchNorm → ReLU, then a
+        /// last Linear (no bias) → BatchNorm without affine parameters, `head_layers` layers.
+        V3,
     }
 }
 
@@ -260,6 +321,26 @@ choice_enum! { "lowercase",
     }
 }
 
+choice_enum! { "lowercase",
+    /// What an evaluation of a trained encoder measures.
+    pub enum EvalMethod {
+        /// A linear classifier trained on the frozen features, by one of the `Protocol`s.
+        Linear,
+        /// The weighted kNN of the run's monitor, on any labelled set.
+        Knn,
+    }
+}
+
+impl EvalMethod {
+    /// "linear (fast)" or "knn": what every reported number says produced it.
+    pub fn label(self, protocol: Option<Protocol>) -> String {
+        match (self, protocol) {
+            (EvalMethod::Linear, Some(p)) => format!("linear ({})", p.name()),
+            (method, _) => method.name().to_string(),
+        }
+    }
+}
+
 /// Where a run trains: "auto", "cpu", "cuda" or "cuda:N".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceChoice {
@@ -331,9 +412,15 @@ mod tests {
         spelled_alike::<KnnFeatures>();
         spelled_alike::<DatasetKind>();
         spelled_alike::<Protocol>();
+        spelled_alike::<EvalMethod>();
+        spelled_alike::<Framework>();
+        spelled_alike::<OptimizerKind>();
         assert_eq!(MemoryFormat::ChannelsLast.name(), "channels_last");
         assert_eq!(DatasetKind::ImageFolder.name(), "image_folder");
-        assert_eq!(Preset::names_joined(), "v1, v2, cifar, demo");
+        assert_eq!(
+            Preset::names_joined(),
+            "v1, v2, cifar, demo, v3, v3-cifar, v3-vit-s, v3-vit-b"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod settings;
 mod validation;
 
 pub use choices::*;
+pub(crate) use overrides::from_json_value;
 pub use probe::{KnnConfig, ProbeConfig};
 pub use validation::{describe_errors, queue_rule, FieldError};
 
@@ -79,6 +80,29 @@ pub struct DatasetConfig {
 
 fn default_true() -> bool {
     true
+}
+
+// What configs stored before these settings existed were trained with.
+fn default_head_layers() -> i64 {
+    2
+}
+fn default_patch_size() -> i64 {
+    16
+}
+fn default_framework() -> Framework {
+    Framework::Moco
+}
+fn default_predictor_layers() -> i64 {
+    2
+}
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Sgd
+}
+fn default_lars_trust() -> f64 {
+    0.001
+}
+fn default_grad_spike_factor() -> f64 {
+    5.0
 }
 
 fn default_synthetic_train() -> usize {
@@ -158,16 +182,45 @@ pub struct RunConfig {
         extend("multipleOf" = 4, "x-group" = "encoder", "x-resume" = "shape")
     )]
     pub width: i64,
-    /// v1: linear; v2: MLP.
+    /// v1: linear; v2: MLP; v3: MoCo v3's projector, Linear → BatchNorm → ReLU per hidden layer
+    /// and a last BatchNorm without affine parameters (head_layers layers).
     #[schemars(title = "Projection head", extend("x-group" = "encoder", "x-resume" = "shape"))]
     pub head: HeadKind,
-    /// Hidden width of the MLP head; 0 = the backbone's feature width, as the official v2.
+    /// Hidden width of the MLP head (and of v3's predictor); 0 = the backbone's feature width, as
+    /// the official v2.
     #[schemars(
         title = "MLP hidden width",
         range(min = 0, max = 65536),
         extend("x-group" = "encoder")
     )]
     pub head_hidden: i64,
+    /// ViTs: the side of the square patches (16 as ViT-S/16 and ViT-B/16; 4 for 32×32 images);
+    /// the crop size must be a multiple of it.
+    #[serde(default = "default_patch_size")]
+    #[schemars(
+        title = "ViT patch size",
+        range(min = 2, max = 64),
+        extend("x-group" = "encoder", "x-resume" = "shape")
+    )]
+    pub patch_size: i64,
+    /// ViTs: the random patch projection never trains (MoCo v3's `--stop-grad-conv1`, its
+    /// stability trick).
+    #[serde(default)]
+    #[schemars(title = "Freeze the patch projection", extend("x-group" = "encoder", "x-resume" = "trajectory"))]
+    pub freeze_patch_embed: bool,
+    /// Layers of the v3 head (MoCo v3: 2 for ResNets, 3 for ViTs).
+    #[serde(default = "default_head_layers")]
+    #[schemars(
+        title = "v3 head layers",
+        range(min = 1, max = 8),
+        extend("x-group" = "encoder", "x-resume" = "shape")
+    )]
+    pub head_layers: i64,
+    /// The last BatchNorm of every residual block starts at 0, so each block starts as the
+    /// identity (torchvision's zero_init_residual, which MoCo v3 sets).
+    #[serde(default)]
+    #[schemars(title = "Zero-init residuals", extend("x-group" = "encoder", "x-resume" = "trajectory"))]
+    pub zero_init_residual: bool,
     /// Output of the head (the contrastive embedding).
     #[schemars(
         title = "Embedding dimension",
@@ -177,6 +230,20 @@ pub struct RunConfig {
     pub dim: i64,
 
     // MoCo.
+    /// moco: v1/v2's queue of negatives with shuffle BN; v3: the other view's keys of the batch
+    /// as negatives, a predictor, BatchNorm over the whole batch.
+    #[serde(default = "default_framework")]
+    #[schemars(title = "Framework", extend("x-group" = "moco", "x-resume" = "shape"))]
+    pub framework: Framework,
+    /// MoCo v3's predictor after the projector (hidden width head_hidden, no BatchNorm at the
+    /// end for ResNets): its layers. Only the query side has one.
+    #[serde(default = "default_predictor_layers")]
+    #[schemars(
+        title = "v3 predictor layers",
+        range(min = 1, max = 8),
+        extend("x-group" = "moco", "x-resume" = "shape")
+    )]
+    pub predictor_layers: i64,
     /// Logits are divided by T.
     #[schemars(
         title = "Temperature T",
@@ -194,11 +261,11 @@ pub struct RunConfig {
     /// cosine raises m to 1 over the run.
     #[schemars(title = "Momentum schedule", extend("x-group" = "moco", "x-resume" = "trajectory"))]
     pub momentum_schedule: MomentumSchedule,
-    /// K: negative keys kept in the queue.
+    /// K: negative keys kept in the queue (the moco framework; v3 has none).
     #[schemars(title = "Queue size K", range(min = 1, max = 4_194_304), extend("x-group" = "moco", "x-resume" = "shape"))]
     pub queue_size: i64,
     /// L(x1, x2) + L(x2, x1); both key sets are enqueued, so K must be a multiple of
-    /// 2 × batch_size.
+    /// 2 × batch_size. The v3 framework's loss is always symmetric.
     #[schemars(title = "Symmetric loss", extend("x-group" = "moco", "x-resume" = "shape"))]
     pub symmetric: bool,
     /// Sub-batches with their own BN statistics, emulating shuffle BN on one device (1 = plain
@@ -248,14 +315,26 @@ pub struct RunConfig {
     /// Linear from 0, then the schedule over the remaining epochs (MoCo v3's warm-up).
     #[schemars(title = "Warm-up epochs", range(min = 0), extend("x-group" = "optimisation", "x-resume" = "trajectory"))]
     pub warmup_epochs: f64,
-    /// Momentum of SGD.
+    /// sgd; lars (MoCo v3's for ResNets); adamw (MoCo v3's for ViTs; sgd_momentum unused).
+    #[serde(default = "default_optimizer")]
+    #[schemars(title = "Optimizer", extend("x-group" = "optimisation", "x-resume" = "trajectory"))]
+    pub optimizer: OptimizerKind,
+    /// LARS: a weight's step is scaled to this × ‖θ‖ / ‖g + wd·θ‖.
+    #[serde(default = "default_lars_trust")]
+    #[schemars(
+        title = "LARS trust coefficient",
+        range(max = 1),
+        extend("exclusiveMinimum" = 0, "x-group" = "optimisation", "x-resume" = "trajectory")
+    )]
+    pub lars_trust: f64,
+    /// Momentum of SGD (and of LARS).
     #[schemars(
         title = "SGD momentum",
         range(min = 0),
         extend("exclusiveMaximum" = 1, "x-group" = "optimisation", "x-resume" = "trajectory")
     )]
     pub sgd_momentum: f64,
-    /// L2 penalty of SGD.
+    /// L2 penalty (LARS: on weight matrices and convolutions only).
     #[schemars(
         title = "Weight decay",
         range(min = 0, max = 1),
@@ -270,6 +349,11 @@ pub struct RunConfig {
     /// The run page shows a preview of the views.
     #[schemars(title = "Augmentation recipe", extend("x-group" = "data", "x-resume" = "trajectory"))]
     pub augmentation: AugRecipe,
+    /// Smallest area fraction of the views' random resized crop; 0 = the recipe's own (0.2 for
+    /// v1 and v2, 0.08 for cifar and v3; MoCo v3 sets 0.2 for ResNet-50).
+    #[serde(default)]
+    #[schemars(title = "Crop scale minimum", range(min = 0, max = 1), extend("x-group" = "data", "x-resume" = "trajectory"))]
+    pub crop_min_scale: f64,
     /// The official mean/std constants of CIFAR or ImageNet, or measured on the training images
     /// (for your own data).
     #[serde(default = "Normalization::stored_default")]
@@ -334,6 +418,16 @@ pub struct RunConfig {
         extend("x-group" = "monitoring")
     )]
     pub checkpoint_every: i64,
+    /// A warning is logged when the largest gradient norm of an interval (the whole encoder's,
+    /// or the first layer's) exceeds this multiple of its running median: the MoCo v3 paper
+    /// traces unstable training to such spikes.
+    #[serde(default = "default_grad_spike_factor")]
+    #[schemars(
+        title = "Gradient spike factor",
+        range(max = 1000),
+        extend("exclusiveMinimum" = 1, "x-group" = "monitoring")
+    )]
+    pub grad_spike_factor: f64,
     /// The run fails as collapsed when the queue's mean similarity exceeds it while the
     /// positive logit no longer stands out from the negatives (two metric records in a row).
     #[schemars(
@@ -352,11 +446,29 @@ impl RunConfig {
 
     /// Keys written to the queue per step (2 × batch with the symmetric loss).
     pub fn keys_per_step(&self) -> i64 {
-        keys_per_step(self.batch_size, self.symmetric)
+        keys_per_step(self.batch_size, self.symmetric_loss())
     }
 
-    /// Width of the backbone's pooled feature (512 × width/64 for R18/34, 2048 × width/64 for R50).
+    /// Both views are encoded by both encoders: the symmetric loss, and always in MoCo v3.
+    pub fn symmetric_loss(&self) -> bool {
+        self.symmetric || self.framework == Framework::V3
+    }
+
+    /// The queue the model keeps: K past keys (moco), or the current batch's keys (v3, which
+    /// contrasts within the batch and keeps them only for the key-similarity monitor).
+    pub fn queue_len(&self) -> i64 {
+        match self.framework {
+            Framework::Moco => self.queue_size,
+            Framework::V3 => self.keys_per_step(),
+        }
+    }
+
+    /// Width of the backbone's feature (512 × width/64 for R18/34, 2048 × width/64 for R50, the
+    /// embedding width for ViTs).
     pub fn feature_dim(&self) -> i64 {
+        if let Some(shape) = crate::moco::vit::VitShape::of(self.arch) {
+            return shape.dim;
+        }
         let expansion = if self.arch == Arch::Resnet50 { 4 } else { 1 };
         8 * self.width * expansion
     }
@@ -366,6 +478,18 @@ impl RunConfig {
             self.head_hidden
         } else {
             self.feature_dim()
+        }
+    }
+
+    /// What the backbone is built from.
+    pub fn backbone_spec(&self) -> crate::moco::backbone::BackboneSpec {
+        crate::moco::backbone::BackboneSpec {
+            arch: self.arch,
+            stem: self.stem,
+            width: self.width,
+            patch_size: self.patch_size,
+            image_size: self.image_size,
+            freeze_patch_embed: self.freeze_patch_embed,
         }
     }
 

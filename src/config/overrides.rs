@@ -92,7 +92,7 @@ where
 }
 
 /// Deserialises with the path of the failing field in the error.
-fn from_json_value<T: DeserializeOwned>(json: Value) -> Result<T, Vec<FieldError>> {
+pub(crate) fn from_json_value<T: DeserializeOwned>(json: Value) -> Result<T, Vec<FieldError>> {
     serde_path_to_error::deserialize(json).map_err(|e| {
         let field = e.path().to_string();
         let message = e.inner().to_string();

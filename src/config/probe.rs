@@ -180,6 +180,31 @@ fn result(errors: Vec<FieldError>) -> Result<(), Vec<FieldError>> {
     }
 }
 
+impl Protocol {
+    /// One line for pickers and help texts.
+    pub fn description(self) -> &'static str {
+        match self {
+            Protocol::Moco => {
+                "MoCo's main_lincls.py: crops of every image each step, lr 30, 100 epochs"
+            }
+            Protocol::V3 => {
+                "MoCo v3's main_lincls.py: crops each step, lr 0.1×B/256 cosine, 90 epochs"
+            }
+            Protocol::Fast => "moco's classifier on features computed once: minutes on a CPU",
+        }
+    }
+
+    /// The evaluation form's default: the official protocol where a GPU runs it in reasonable
+    /// time, the fast one otherwise.
+    pub fn default_here() -> Protocol {
+        if tch::Cuda::is_available() {
+            Protocol::Moco
+        } else {
+            Protocol::Fast
+        }
+    }
+}
+
 impl ProbeConfig {
     /// The protocol's settings, as its source sets them, on `dataset`.
     pub fn for_protocol(protocol: Protocol, dataset: DatasetConfig) -> ProbeConfig {

@@ -485,7 +485,7 @@ mod tests {
         let settings: BTreeSet<String> = all().iter().map(|s| s.key.clone()).collect();
         assert_eq!(settings, fields);
         assert!(all().iter().all(|s| !s.label.is_empty()));
-        assert_eq!(all().len(), 54);
+        assert_eq!(all().len(), 64);
     }
 
     #[test]
@@ -552,9 +552,17 @@ mod tests {
             config["properties"]["arch"]["$ref"],
             "#/components/schemas/Arch"
         );
+        // Variants with doc comments come as `oneOf` branches of one `const` each.
         assert_eq!(
-            schemas["Arch"]["enum"],
-            serde_json::json!(["resnet18", "resnet34", "resnet50"])
+            choice_names(&schemas["Arch"]),
+            [
+                "resnet18",
+                "resnet34",
+                "resnet50",
+                "vit_tiny",
+                "vit_small",
+                "vit_base"
+            ]
         );
         assert_eq!(
             config["properties"]["dataset"]["$ref"],

@@ -3,7 +3,7 @@
 //! the ones that relate fields to each other or that a schema keyword cannot say.
 use super::choices::{parse_device, Choice};
 use super::settings;
-use super::{keys_per_step, DatasetConfig, DatasetKind, LrSchedule, RunConfig};
+use super::{keys_per_step, DatasetConfig, DatasetKind, Framework, LrSchedule, RunConfig};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -45,7 +45,19 @@ pub fn describe_errors(errors: &[FieldError]) -> String {
 /// The queue / batch rule as a sentence: `Ok` when queue_size is a multiple of the keys
 /// enqueued per step, `Err` with a suggestion otherwise. The form shows it as the user types and
 /// validation reports the `Err` text.
-pub fn queue_rule(queue_size: i64, batch_size: i64, symmetric: bool) -> Result<String, String> {
+pub fn queue_rule(
+    framework: Framework,
+    queue_size: i64,
+    batch_size: i64,
+    symmetric: bool,
+) -> Result<String, String> {
+    if framework == Framework::V3 {
+        return Ok(
+            "MoCo v3 contrasts each view with the other view's keys of the batch: queue_size is \
+             not used."
+                .into(),
+        );
+    }
     let per_step = keys_per_step(batch_size, symmetric);
     let what = if symmetric {
         format!("2 × batch_size = {per_step} (symmetric loss)")
@@ -136,7 +148,12 @@ impl RunConfig {
             format!("must be auto, cpu or cuda:N, got {:?}", self.device),
         );
         if self.queue_size >= 1 && self.batch_size >= 1 {
-            if let Err(message) = queue_rule(self.queue_size, self.batch_size, self.symmetric) {
+            if let Err(message) = queue_rule(
+                self.framework,
+                self.queue_size,
+                self.batch_size,
+                self.symmetric,
+            ) {
                 check(false, "queue_size", message.clone());
                 check(false, "batch_size", message);
             }
@@ -152,6 +169,29 @@ impl RunConfig {
                 ),
             );
         }
+        check(
+            !self.arch.is_vit() || self.image_size % self.patch_size == 0,
+            "patch_size",
+            format!(
+                "the crop size {} must be a multiple of the ViT's patch size {}",
+                self.image_size, self.patch_size
+            ),
+        );
+        check(
+            self.framework != Framework::V3 || self.batch_size >= 2,
+            "batch_size",
+            "must be at least 2 with the v3 framework: the other images of the batch are the \
+             negatives"
+                .into(),
+        );
+        check(
+            self.framework != Framework::V3 || self.shuffle_bn_splits == 1,
+            "shuffle_bn_splits",
+            format!(
+                "must be 1 with the v3 framework, which normalises over the whole batch, got {}",
+                self.shuffle_bn_splits
+            ),
+        );
         if self.lr_schedule == LrSchedule::Step {
             if let Some(message) = milestones_error(&self.lr_milestones) {
                 check(false, "lr_milestones", message);

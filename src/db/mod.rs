@@ -1,5 +1,6 @@
 //! SQLite through sqlx: opening the database (WAL, foreign keys, migrations) and the queries.
 pub mod checkpoints;
+pub mod evals;
 pub mod evaluations;
 pub mod events;
 pub mod metrics;

@@ -4,6 +4,7 @@
 //!
 //! Everything is checked before anything runs, in this order: the settings (each error names its
 //! field), the device, the encoder file (an error names it and says why), the dataset.
+use super::feature_cache::FeatureCache;
 use super::knn::run_knn;
 use super::linear::{run_probe, ProbeEvent, ProbeObserver, ProbeRequest};
 use super::{open_labelled, FrozenEncoder};
@@ -11,6 +12,7 @@ use crate::cli_train::step_bar;
 use crate::config::{
     describe_errors, parse_device, Choice, FieldError, KnnConfig, ProbeConfig, Protocol, RunConfig,
 };
+use crate::train::checkpoint::sha256_of_file;
 use anyhow::{anyhow, Context};
 use indicatif::ProgressBar;
 use serde_json::Value;
@@ -37,7 +39,8 @@ pub enum EvalCommand {
 /// What both evaluations take.
 #[derive(clap::Args, Debug)]
 pub struct Common {
-    /// A run's full checkpoint (*.ckpt.safetensors) or an encoder export (encoder-*.safetensors).
+    /// A run's full checkpoint (*.ckpt.safetensors), an encoder export (encoder-*.safetensors),
+    /// or torchvision-keyed ResNet weights saved with safetensors.
     pub encoder: PathBuf,
     /// A labelled dataset: "synthetic", a path (kind detected), or kind:path with kind one of
     /// cifar10, cifar100, stl10, folder.
@@ -64,6 +67,10 @@ pub struct LinearArgs {
     #[arg(long, default_value = "moco",
           value_parser = clap::builder::PossibleValuesParser::new(Protocol::names()))]
     pub protocol: String,
+    /// fast: keep the features in this directory (one file per encoder, by its SHA-256, and
+    /// dataset), so probing the same encoder again skips the pass over the data.
+    #[arg(long, value_name = "DIR")]
+    pub feature_cache: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -119,6 +126,13 @@ fn linear(args: LinearArgs) -> anyhow::Result<ExitCode> {
         .with_overrides(overrides.iter().map(|(k, v)| (k.as_str(), v.clone())))
         .map_err(settings_error)?;
     let (device, encoder, splits) = open(common, &cfg.dataset)?;
+    let cache = match &args.feature_cache {
+        Some(dir) => Some(FeatureCache {
+            dir: dir.clone(),
+            encoder_sha256: sha256_of_file(&common.encoder)?,
+        }),
+        None => None,
+    };
     let mut observer: Box<dyn ProbeObserver> = if common.json {
         Box::new(JsonLines)
     } else {
@@ -130,6 +144,7 @@ fn linear(args: LinearArgs) -> anyhow::Result<ExitCode> {
             splits: &splits,
             config: &cfg,
             device,
+            feature_cache: cache.as_ref(),
         },
         observer.as_mut(),
     );
@@ -240,9 +255,16 @@ impl ProbeObserver for ProbeProgress {
                 });
                 self.bar.reset_eta();
             }
-            ProbeEvent::Features { seconds, .. } => {
+            ProbeEvent::Features {
+                seconds, cached, ..
+            } => {
+                let how = if *cached {
+                    "read from the feature cache"
+                } else {
+                    "computed"
+                };
                 self.bar
-                    .println(format!("features computed in {seconds:.1} s"));
+                    .println(format!("features {how} in {seconds:.1} s"));
                 self.bar.set_prefix("epoch 1");
                 self.bar.reset_eta();
             }

@@ -14,6 +14,7 @@
 //! Held-out images always go through the evaluation transform (`Augmenter::eval_view`: the
 //! official Resize(256) + CenterCrop(224) scaled to the crop size; images already at the crop
 //! size are used as they are).
+use super::feature_cache::{FeatureCache, FeatureKey};
 use super::{EncoderInfo, FrozenEncoder};
 use crate::config::{describe_errors, LrUpdate, ProbeConfig, Protocol};
 use crate::data::augment::ViewSpec;
@@ -24,7 +25,7 @@ use crate::moco::params::ParamStore;
 use crate::rng::{stream, Purpose};
 use crate::train::device::{device_name, precision_label, reduced_precision};
 use crate::train::knn::FeatureExtractor;
-use crate::train::optim::FlatSgd;
+use crate::train::optim::FlatOptimizer;
 use crate::train::schedule::{LrPlan, Schedule};
 use anyhow::{anyhow, bail};
 use serde::Serialize;
@@ -32,7 +33,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 /// `fc`, the classifier the probe trains. Its two tensors live in one flat buffer, so the run's
-/// optimiser (`FlatSgd`, torch.optim.SGD's update) steps it.
+/// optimiser (`FlatOptimizer`, torch.optim.SGD's update) steps it.
 pub struct LinearClassifier {
     pub store: ParamStore,
     pub weight: Tensor,
@@ -63,7 +64,13 @@ impl LinearClassifier {
 
     /// One SGD step on a batch: mean cross-entropy, backward into fc alone, the update. Returns
     /// the batch's loss, detached, on the device.
-    fn step(&mut self, sgd: &mut FlatSgd, features: &Tensor, labels: &Tensor, lr: f64) -> Tensor {
+    fn step(
+        &mut self,
+        sgd: &mut FlatOptimizer,
+        features: &Tensor,
+        labels: &Tensor,
+        lr: f64,
+    ) -> Tensor {
         let loss = self.logits(features).cross_entropy_for_logits(labels);
         self.store.zero_grad();
         loss.backward();
@@ -125,6 +132,8 @@ pub enum ProbeEvent {
         train_images: usize,
         test_images: usize,
         seconds: f64,
+        /// Read from the feature cache rather than computed.
+        cached: bool,
     },
     /// One epoch trained: its mean training loss, and the held-out accuracy when it was scored.
     Epoch {
@@ -169,7 +178,17 @@ pub struct ProbeResult {
 pub trait ProbeObserver {
     fn on_event(&mut self, event: &ProbeEvent);
     fn on_step(&mut self, _step: i64) {}
+    /// Asked after every step (and after the fast protocol's features): true ends the probe
+    /// with [`Stopped`].
+    fn should_stop(&mut self) -> bool {
+        false
+    }
 }
+
+/// The probe ended early because its observer asked it to (a cancel, or a server shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the evaluation was stopped before it finished")]
+pub struct Stopped;
 
 /// Everything one probe needs.
 pub struct ProbeRequest<'a> {
@@ -177,6 +196,8 @@ pub struct ProbeRequest<'a> {
     pub splits: &'a DatasetSplits,
     pub config: &'a ProbeConfig,
     pub device: Device,
+    /// Where the fast protocol keeps its features between probes; None: computed every time.
+    pub feature_cache: Option<&'a FeatureCache>,
 }
 
 /// Trains and scores a linear classifier on `req.encoder`'s frozen features by the protocol of
@@ -224,13 +245,40 @@ pub fn run_probe(
     let inputs = match cfg.protocol {
         Protocol::Fast => {
             let t = Instant::now();
-            let train = extractor.split(&splits.train, 0)?;
-            let test = extractor.split(&splits.test, 0)?;
+            let key = FeatureKey {
+                dataset: &cfg.dataset,
+                train_images,
+                test_images,
+                image_size: augmenter.out_size(),
+                precision: precision_label(precision),
+            };
+            let cached = req.feature_cache.and_then(|c| c.load(&key, device));
+            let was_cached = cached.is_some();
+            let (train, test) = match cached {
+                Some(features) => features,
+                None => {
+                    let features = (
+                        extractor.split(&splits.train, 0)?,
+                        extractor.split(&splits.test, 0)?,
+                    );
+                    if let Some(cache) = req.feature_cache {
+                        // A cache that cannot be written costs the next probe time, not this one.
+                        if let Err(e) = cache.store(&key, &features) {
+                            tracing::warn!("cannot keep the features for later probes: {e:#}");
+                        }
+                    }
+                    features
+                }
+            };
             observer.on_event(&ProbeEvent::Features {
                 train_images: train.0.size()[0] as usize,
                 test_images: test.0.size()[0] as usize,
                 seconds: t.elapsed().as_secs_f64(),
+                cached: was_cached,
             });
+            if observer.should_stop() {
+                return Err(Stopped.into());
+            }
             Inputs::Features { train, test }
         }
         Protocol::Moco | Protocol::V3 => Inputs::Images {
@@ -334,7 +382,7 @@ impl Inputs<'_> {
     fn train_epoch(
         &self,
         classifier: &mut LinearClassifier,
-        sgd: &mut FlatSgd,
+        sgd: &mut FlatOptimizer,
         at: &mut EpochContext,
         observer: &mut dyn ProbeObserver,
     ) -> anyhow::Result<f64> {
@@ -351,6 +399,7 @@ impl Inputs<'_> {
             sums.images += n;
             at.step += 1;
             observer.on_step(at.step);
+            observer.should_stop()
         };
         match self {
             Inputs::Features {
@@ -367,7 +416,9 @@ impl Inputs<'_> {
                     let len = batch.min(n - start) as i64;
                     let idx = order.narrow(0, start as i64, len);
                     let (f, y) = (features.index_select(0, &idx), labels.index_select(0, &idx));
-                    step(at, &f, &y);
+                    if step(at, &f, &y) {
+                        return Err(Stopped.into());
+                    }
                 }
             }
             Inputs::Images {
@@ -396,7 +447,9 @@ impl Inputs<'_> {
                     let mut rng = stream(cfg.seed, Purpose::Probe, at.step as u64);
                     let x = extractor.augmenter.view(crop, &batch.images, &mut rng);
                     let features = extractor.features(&x)?;
-                    step(at, &features, &batch.labels);
+                    if step(at, &features, &batch.labels) {
+                        return Err(Stopped.into());
+                    }
                 }
             }
         }
@@ -445,7 +498,7 @@ fn fit(
         bail!("the training split has no labelled images");
     }
     let schedule = Schedule::for_lr(lr_plan(cfg), steps_per_epoch);
-    let mut sgd = FlatSgd::new(&classifier.store, cfg.sgd_momentum, cfg.weight_decay, false);
+    let mut sgd = FlatOptimizer::new(&classifier.store, cfg.sgd_momentum, cfg.weight_decay, false);
     let mut at = EpochContext {
         cfg,
         epoch: 0,
@@ -679,6 +732,7 @@ mod tests {
                 splits: &splits,
                 config: &cfg,
                 device: Device::Cpu,
+                feature_cache: None,
             },
             &mut events,
         )
@@ -706,6 +760,69 @@ mod tests {
         assert!(result.backbone_unchanged);
         assert!((0.0..=100.0).contains(&result.top1) && result.top5 >= result.top1);
         assert!(matches!(events.0.last(), Some(ProbeEvent::Result(_))));
+    }
+
+    #[test]
+    fn the_fast_protocol_reads_its_features_back_from_the_cache_and_scores_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, model) = crate::eval::tests::tiny_model();
+        let path = dir.path().join("encoder.safetensors");
+        crate::train::checkpoint::export_encoder(
+            &path,
+            &model,
+            &crate::eval::tests::metadata(&run),
+        )
+        .unwrap();
+        let encoder = FrozenEncoder::load(&path, Device::Cpu).unwrap();
+        let cache = FeatureCache {
+            dir: dir.path().join("features"),
+            encoder_sha256: crate::train::checkpoint::sha256_of_file(&path).unwrap(),
+        };
+        let probe = |train: i64| {
+            let cfg = ProbeConfig::for_protocol(Protocol::Fast, DatasetConfig::synthetic())
+                .with_overrides([
+                    ("epochs", Value::from(3)),
+                    ("batch_size", 16.into()),
+                    ("dataset.synthetic_train", train.into()),
+                    ("dataset.synthetic_test", 20.into()),
+                    ("loader_threads", 1.into()),
+                ])
+                .unwrap();
+            let splits =
+                crate::eval::open_labelled(&cfg.dataset, std::path::Path::new(".")).unwrap();
+            let mut events = Events::default();
+            let result = run_probe(
+                &ProbeRequest {
+                    encoder: &encoder,
+                    splits: &splits,
+                    config: &cfg,
+                    device: Device::Cpu,
+                    feature_cache: Some(&cache),
+                },
+                &mut events,
+            )
+            .unwrap();
+            let cached = events.0.iter().find_map(|e| match e {
+                ProbeEvent::Features { cached, .. } => Some(*cached),
+                _ => None,
+            });
+            (result, cached.unwrap())
+        };
+        let (first, cached) = probe(40);
+        assert!(!cached);
+        let (second, cached) = probe(40);
+        assert!(cached);
+        // The same features, read back bit for bit: the same classifier, the same scores.
+        assert_eq!(
+            (first.top1, first.top5, first.final_loss),
+            (second.top1, second.top5, second.final_loss)
+        );
+        let files = || std::fs::read_dir(&cache.dir).unwrap().count();
+        assert_eq!(files(), 1);
+        // Another training split is another set of features.
+        let (_, cached) = probe(48);
+        assert!(!cached);
+        assert_eq!(files(), 2);
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! known about it (architecture, crop size, the normalisation it was trained with); and a
 //! labelled dataset opened for it.
 pub mod cli;
+pub mod feature_cache;
 pub mod knn;
 pub mod linear;
+pub mod spec;
 
 use crate::config::{Arch, Choice, DatasetConfig, MemoryFormat, Stem};
 use crate::data::augment::ViewSpec;
 use crate::data::{Augmenter, DatasetSplits};
-use crate::moco::encoder::ResNet;
+use crate::moco::backbone::{Backbone, BackboneSpec};
 use crate::moco::params::ParamStore;
 use crate::train::checkpoint::{self, EncoderMetadata, NamedTensors, ENCODER_FORMAT, FULL_FORMAT};
 use anyhow::{bail, ensure, Context};
@@ -29,6 +31,10 @@ pub enum SourceKind {
     Checkpoint,
     /// An encoder export (`encoder-*.safetensors`, torchvision's keys).
     Encoder,
+    /// ResNet weights under torchvision's keys without our metadata (e.g. torchvision's own
+    /// `resnet50(weights=…).state_dict()` saved with safetensors): the architecture is read
+    /// from the shapes, the normalisation is ImageNet's.
+    Torchvision,
 }
 
 /// What is known about a loaded encoder.
@@ -39,7 +45,10 @@ pub struct EncoderInfo {
     pub arch: Arch,
     pub stem: Stem,
     pub width: i64,
-    /// The crop size it was trained on: evaluations feed it images of this side by default.
+    /// ViTs: the patch side.
+    pub patch_size: i64,
+    /// The crop size it was trained on: evaluations feed it images of this side by default
+    /// (a ViT only takes this side: its position embedding is built for it).
     pub image_size: i64,
     /// The normalisation it was trained with, which evaluations use too.
     pub mean: [f64; 3],
@@ -53,7 +62,7 @@ pub struct EncoderInfo {
 /// gradient, and evaluations only run it in eval mode.
 pub struct FrozenEncoder {
     pub store: ParamStore,
-    pub backbone: ResNet,
+    pub backbone: Backbone,
     pub info: EncoderInfo,
 }
 
@@ -76,6 +85,7 @@ impl FrozenEncoder {
                     arch: cfg.arch,
                     stem: cfg.stem,
                     width: cfg.width,
+                    patch_size: cfg.patch_size,
                     image_size: cfg.image_size,
                     mean: ckpt.state.mean,
                     std: ckpt.state.std,
@@ -90,9 +100,14 @@ impl FrozenEncoder {
                 let info = encoder_info(path, &meta)?;
                 FrozenEncoder::build(info, &tensors, "", device)
             }
+            None if tensors.iter().any(|(name, _)| name == "conv1.weight") => {
+                let info = torchvision_info(path, &tensors)?;
+                FrozenEncoder::build(info, &tensors, "", device)
+            }
             other => bail!(
-                "{}: not a moco-server checkpoint or encoder export (its metadata has format \
-                 {:?}; expected {FULL_FORMAT} or {ENCODER_FORMAT})",
+                "{}: not a moco-server checkpoint, encoder export or torchvision ResNet (its \
+                 metadata has format {:?}; expected {FULL_FORMAT} or {ENCODER_FORMAT}, or no \
+                 format and torchvision's keys)",
                 path.display(),
                 other.unwrap_or("none")
             ),
@@ -102,7 +117,7 @@ impl FrozenEncoder {
     /// The backbone `info` describes, with every parameter and BatchNorm statistic taken from
     /// `tensors` (names after `prefix`). Strict, as torchvision's `load_state_dict`: each name
     /// present with its shape, and nothing left over but `num_batches_tracked` (which our
-    /// BatchNorm does not keep) and a classifier or head under `fc.`.
+    /// BatchNorm does not keep), a classifier or head under `fc.` and MoCo v3's predictor.
     fn build(
         info: EncoderInfo,
         tensors: &[(String, Tensor)],
@@ -117,8 +132,18 @@ impl FrozenEncoder {
             info.width
         );
         let mut store = ParamStore::new(device);
-        let mut backbone = ResNet::new(&mut store, info.arch, info.stem, info.width);
-        backbone.channels_last = MemoryFormat::Auto.channels_last_on(device);
+        let mut backbone = Backbone::new(
+            &mut store,
+            BackboneSpec {
+                arch: info.arch,
+                stem: info.stem,
+                width: info.width,
+                patch_size: info.patch_size,
+                image_size: info.image_size,
+                freeze_patch_embed: false,
+            },
+        );
+        backbone.set_channels_last(MemoryFormat::Auto.channels_last_on(device));
         store.flatten();
         store.load_named(tensors, prefix).context(what.clone())?;
         let known: HashSet<String> = store
@@ -130,7 +155,7 @@ impl FrozenEncoder {
             name.strip_prefix(prefix).is_some_and(|rest| {
                 !known.contains(name.as_str())
                     && !rest.ends_with(".num_batches_tracked")
-                    && !rest.starts_with("fc.")
+                    && crate::moco::encoder::is_backbone_name(rest)
             })
         });
         if let Some(name) = left_over {
@@ -229,11 +254,74 @@ fn encoder_info(path: &Path, meta: &EncoderMetadata) -> anyhow::Result<EncoderIn
         arch,
         stem,
         width: meta.width,
+        patch_size: meta.patch_size,
         image_size: meta.image_size,
         mean: meta.mean,
         std: meta.std,
         epoch: meta.epoch,
         step: meta.step,
+    })
+}
+
+/// What torchvision-keyed ResNet weights are, read from their shapes: the stem from conv1's
+/// kernel (7×7: ImageNet's, 3×3: the CIFAR stem), the width from its filters, the depth from the
+/// blocks per stage and their kind (bottlenecks have a conv3). The crop size is the stem's usual
+/// one (224 or 32) and the normalisation ImageNet's, as torchvision's weights expect.
+fn torchvision_info(path: &Path, tensors: &[(String, Tensor)]) -> anyhow::Result<EncoderInfo> {
+    let shape = |name: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.size())
+    };
+    let conv1 = shape("conv1.weight").context("no conv1.weight")?;
+    ensure!(
+        conv1.len() == 4 && conv1[1] == 3,
+        "{}: conv1.weight has shape {conv1:?}, not that of a ResNet's first convolution",
+        path.display()
+    );
+    let stem = match conv1[2] {
+        7 => Stem::Imagenet,
+        3 => Stem::Cifar,
+        k => bail!(
+            "{}: conv1 has a {k}×{k} kernel; a ResNet stem has 7×7 (ImageNet) or 3×3 (CIFAR)",
+            path.display()
+        ),
+    };
+    let blocks: Vec<usize> = (1..=4)
+        .map(|layer| {
+            (0..)
+                .take_while(|i| shape(&format!("layer{layer}.{i}.conv1.weight")).is_some())
+                .count()
+        })
+        .collect();
+    let bottleneck = shape("layer1.0.conv3.weight").is_some();
+    let arch = match (blocks.as_slice(), bottleneck) {
+        ([2, 2, 2, 2], false) => Arch::Resnet18,
+        ([3, 4, 6, 3], false) => Arch::Resnet34,
+        ([3, 4, 6, 3], true) => Arch::Resnet50,
+        _ => bail!(
+            "{}: blocks per stage {blocks:?}{} fit none of {}",
+            path.display(),
+            if bottleneck { " (bottlenecks)" } else { "" },
+            Arch::names_joined()
+        ),
+    };
+    let (mean, std) = crate::config::Normalization::Imagenet
+        .constants()
+        .expect("ImageNet's normalisation is constant");
+    Ok(EncoderInfo {
+        path: path.to_path_buf(),
+        kind: SourceKind::Torchvision,
+        arch,
+        stem,
+        width: conv1[0],
+        patch_size: 16,
+        image_size: if stem == Stem::Imagenet { 224 } else { 32 },
+        mean,
+        std,
+        epoch: 0,
+        step: 0,
     })
 }
 
@@ -275,19 +363,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn metadata(cfg: &RunConfig) -> EncoderMetadata {
-        EncoderMetadata {
-            arch: cfg.arch.name().into(),
-            stem: cfg.stem.name().into(),
-            width: cfg.width,
-            feature_dim: cfg.feature_dim(),
-            dim: cfg.dim,
-            image_size: cfg.image_size,
-            mean: [0.5; 3],
-            std: [0.25; 3],
-            preset: cfg.preset.name().into(),
-            epoch: 4,
-            step: 40,
-        }
+        EncoderMetadata::for_run(cfg, ([0.5; 3], [0.25; 3]), 4, 40)
     }
 
     #[test]
@@ -372,6 +448,59 @@ pub(crate) mod tests {
         );
         assert!(
             err.contains("other.safetensors: not a moco-server checkpoint"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn torchvision_keyed_weights_without_metadata_load_with_their_shape_read_from_the_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, model) = tiny_model();
+        let export = dir.path().join("encoder.safetensors");
+        export_encoder(&export, &model, &metadata(&cfg)).unwrap();
+        let (mut tensors, _) = read_safetensors(&export, Device::Cpu).unwrap();
+        // torchvision's state_dict also holds its classifier.
+        tensors.retain(|(n, _)| !n.starts_with("fc."));
+        tensors.push((
+            "fc.weight".into(),
+            Tensor::zeros([10, 64], tch::kind::FLOAT_CPU),
+        ));
+        tensors.push(("fc.bias".into(), Tensor::zeros([10], tch::kind::FLOAT_CPU)));
+        let plain = dir.path().join("torchvision.safetensors");
+        write_safetensors_atomic(&plain, &tensors, Default::default()).unwrap();
+        let encoder = FrozenEncoder::load(&plain, Device::Cpu).unwrap();
+        let info = &encoder.info;
+        assert_eq!(info.kind, SourceKind::Torchvision);
+        assert_eq!(
+            (info.arch, info.stem, info.width, info.image_size),
+            (Arch::Resnet18, Stem::Cifar, 8, 32)
+        );
+        assert_eq!(info.mean, [0.485, 0.456, 0.406]);
+        let original = model.query.store.named_tensors();
+        let (_, w) = original
+            .iter()
+            .find(|(n, _)| n == "layer2.0.conv1.weight")
+            .unwrap();
+        let (_, got) = encoder
+            .store
+            .named_tensors()
+            .into_iter()
+            .find(|(n, _)| n == "layer2.0.conv1.weight")
+            .unwrap();
+        assert!(w.equal(&got));
+        // Missing a block of the last stage: no ResNet this build knows.
+        let short: Vec<(String, Tensor)> = tensors
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("layer4.1."))
+            .collect();
+        let bad = dir.path().join("short.safetensors");
+        write_safetensors_atomic(&bad, &short, Default::default()).unwrap();
+        let err = format!(
+            "{:#}",
+            FrozenEncoder::load(&bad, Device::Cpu).err().unwrap()
+        );
+        assert!(
+            err.contains("short.safetensors: blocks per stage [2, 2, 2, 1]"),
             "{err}"
         );
     }

@@ -3,10 +3,13 @@
 //!
 //! Handlers (the JSON API and the HTML forms alike) act on runs through the `Scheduler`, so both
 //! get the same validation and the same state machine. Nothing here knows the web layer.
+pub mod eval_job;
 pub mod hub;
 pub mod paths;
 pub mod recorder;
 pub mod scheduler;
 pub mod worker;
 
-pub use scheduler::{CreatedRun, Scheduler, SchedulerError, SchedulerOptions};
+pub use scheduler::{
+    CreatedEval, CreatedRun, EvalRequest, EvalSource, Scheduler, SchedulerError, SchedulerOptions,
+};

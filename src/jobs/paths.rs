@@ -1,5 +1,5 @@
 //! Where a run's files live, and keeping user-given paths inside the data directory.
-use crate::config::{Choice, DatasetKind, FieldError, RunConfig};
+use crate::config::{Choice, DatasetConfig, DatasetKind, FieldError};
 use std::path::{Component, Path, PathBuf};
 
 /// Resolves `rel` (a dataset path from a request or a stored config) against `data_dir` and
@@ -65,6 +65,15 @@ pub fn relative_to(data_dir: &Path, path: &Path) -> Option<String> {
     rel.to_str().map(str::to_string)
 }
 
+/// A message about files for clients: paths inside the data directory become relative to it and
+/// the directory itself "the data directory", so the server's own layout stays its own.
+pub fn without_data_dir(message: &str, data_dir: &Path) -> String {
+    let dir = data_dir.display().to_string();
+    message
+        .replace(&format!("{dir}/"), "")
+        .replace(&dir, "the data directory")
+}
+
 /// Where run `id` keeps its files.
 pub fn run_dir(data_dir: &Path, id: i64) -> PathBuf {
     data_dir.join("runs").join(id.to_string())
@@ -72,8 +81,7 @@ pub fn run_dir(data_dir: &Path, id: i64) -> PathBuf {
 
 /// The server's own checks of a dataset: its path must resolve inside the data directory and hold
 /// a dataset of the kind the config names.
-pub fn check_dataset(data_dir: &Path, config: &RunConfig) -> Result<(), FieldError> {
-    let ds = &config.dataset;
+pub fn check_dataset(data_dir: &Path, ds: &DatasetConfig) -> Result<(), FieldError> {
     if ds.kind == DatasetKind::Synthetic {
         return Ok(());
     }

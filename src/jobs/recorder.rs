@@ -6,6 +6,7 @@
 //! never ends the task.
 use super::hub::{state_data, EventHub};
 use super::paths;
+use super::worker::JobKey;
 use crate::db::{self, events::EventRow, runs::RunState};
 use crate::train::events::{RunOutcome, TrainEvent};
 use serde_json::json;
@@ -44,10 +45,55 @@ pub enum RecorderMsg {
         run_id: i64,
         finished: Finished,
     },
+    Eval {
+        eval_id: i64,
+        event: EvalEvent,
+    },
+    /// The evaluation's thread is free again; comes after its other messages.
+    EvalFinished {
+        eval_id: i64,
+        end: EvalEnd,
+    },
 }
 
-/// Told when a run's end has been stored (the scheduler frees its slot).
-pub type FinishedTx = mpsc::UnboundedSender<i64>;
+/// What an evaluation reports while it runs.
+#[derive(Debug, Clone)]
+pub enum EvalEvent {
+    /// The encoder and the dataset are open: the shape of the work.
+    Started {
+        epochs: i64,
+        total_steps: i64,
+    },
+    Progress {
+        step: i64,
+        steps_per_sec: Option<f64>,
+    },
+    Epoch(db::evals::EvalEpoch),
+}
+
+/// How an evaluation ended.
+#[derive(Debug, Clone)]
+pub enum EvalEnd {
+    Completed(db::evals::FinalScores),
+    Failed(String),
+    Cancelled,
+    /// Stopped by a shutdown (with the error it surfaced as, if any): it can be queued again.
+    Interrupted(Option<String>),
+}
+
+impl EvalEnd {
+    pub fn state(&self) -> RunState {
+        match self {
+            EvalEnd::Completed(_) => RunState::Completed,
+            EvalEnd::Failed(_) => RunState::Failed,
+            EvalEnd::Cancelled => RunState::Cancelled,
+            EvalEnd::Interrupted(_) => RunState::Interrupted,
+        }
+    }
+}
+
+/// Told when a job's end has been stored (the scheduler frees its slot).
+pub type FinishedTx = mpsc::UnboundedSender<JobKey>;
 
 pub struct Recorder {
     pub pool: SqlitePool,
@@ -60,7 +106,7 @@ pub struct Recorder {
 #[derive(Default)]
 struct Written {
     events: Vec<EventRow>,
-    finished: Vec<i64>,
+    finished: Vec<JobKey>,
 }
 
 impl Recorder {
@@ -116,8 +162,14 @@ impl Recorder {
                     }
                     Err(e) if is_permanent(&e) => {
                         tracing::error!("dropping a recorded event that cannot be stored: {e:#}");
-                        if let RecorderMsg::Finished { run_id, .. } = msg {
-                            finished.push(*run_id);
+                        match msg {
+                            RecorderMsg::Finished { run_id, .. } => {
+                                finished.push(JobKey::Run(*run_id))
+                            }
+                            RecorderMsg::EvalFinished { eval_id, .. } => {
+                                finished.push(JobKey::Eval(*eval_id))
+                            }
+                            _ => {}
                         }
                         break;
                     }
@@ -133,7 +185,7 @@ impl Recorder {
         self.report_finished(finished);
     }
 
-    fn report_finished(&self, ids: Vec<i64>) {
+    fn report_finished(&self, ids: Vec<JobKey>) {
         for id in ids {
             let _ = self.finished.send(id);
         }
@@ -156,7 +208,14 @@ impl Recorder {
                     }
                     self.write_finished(&mut tx, *run_id, finished, &mut written)
                         .await?;
-                    written.finished.push(*run_id);
+                    written.finished.push(JobKey::Run(*run_id));
+                }
+                RecorderMsg::Eval { eval_id, event } => {
+                    write_eval_event(&mut tx, *eval_id, event).await?
+                }
+                RecorderMsg::EvalFinished { eval_id, end } => {
+                    write_eval_end(&mut tx, *eval_id, end).await?;
+                    written.finished.push(JobKey::Eval(*eval_id));
                 }
             }
         }
@@ -331,6 +390,38 @@ impl Recorder {
     }
 }
 
+async fn write_eval_event(
+    conn: &mut SqliteConnection,
+    eval_id: i64,
+    event: &EvalEvent,
+) -> anyhow::Result<()> {
+    match event {
+        EvalEvent::Started {
+            epochs,
+            total_steps,
+        } => db::evals::set_started(conn, eval_id, *epochs, *total_steps).await,
+        EvalEvent::Progress {
+            step,
+            steps_per_sec,
+        } => db::evals::set_progress(conn, eval_id, *step, *steps_per_sec).await,
+        EvalEvent::Epoch(epoch) => db::evals::insert_epoch(conn, eval_id, epoch).await,
+    }
+}
+
+async fn write_eval_end(
+    conn: &mut SqliteConnection,
+    eval_id: i64,
+    end: &EvalEnd,
+) -> anyhow::Result<()> {
+    let (error, scores) = match end {
+        EvalEnd::Completed(scores) => (None, Some(scores)),
+        EvalEnd::Failed(message) => (Some(message.as_str()), None),
+        EvalEnd::Cancelled => (None, None),
+        EvalEnd::Interrupted(message) => (message.as_deref(), None),
+    };
+    db::evals::finish(conn, eval_id, end.state(), error, scores).await
+}
+
 /// A constraint violation (the run's row is gone) will fail on every retry.
 fn is_permanent(e: &anyhow::Error) -> bool {
     e.chain().any(|cause| {
@@ -413,7 +504,7 @@ mod tests {
         drop(tx);
         recorder.run(rx).await;
 
-        assert_eq!(finished_rx.recv().await, Some(id));
+        assert_eq!(finished_rx.recv().await, Some(JobKey::Run(id)));
         let series = db::metrics::series(&pool, id, &["loss".into()], 0, 100)
             .await
             .unwrap();

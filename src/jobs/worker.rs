@@ -111,10 +111,25 @@ impl Observer for ChannelObserver {
 }
 
 /// A run handed to a training thread.
-pub struct Job {
+pub struct TrainJob {
     pub run_id: i64,
     pub request: TrainRequest,
     pub observer: ChannelObserver,
+}
+
+/// What a device's threads work on: a run's training or an evaluation. Both take a slot of the
+/// device, so evaluations queue behind training as another run would.
+pub enum Job {
+    // Boxed: a job is handed over once, and the variants differ much in size.
+    Train(Box<TrainJob>),
+    Eval(Box<super::eval_job::EvalJob>),
+}
+
+/// Which job a slot or a finished notice is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum JobKey {
+    Run(i64),
+    Eval(i64),
 }
 
 /// The training threads of one device, all taking jobs from one channel.
@@ -134,7 +149,10 @@ impl DeviceWorkers {
                 .name(format!("train-{device}-{slot}"))
                 .spawn(move || {
                     while let Ok(job) = rx.recv() {
-                        run_job(job);
+                        match job {
+                            Job::Train(job) => run_job(*job),
+                            Job::Eval(job) => super::eval_job::run(*job),
+                        }
                     }
                 })?;
             threads.push(handle);
@@ -159,8 +177,8 @@ impl DeviceWorkers {
 }
 
 /// Trains one run and reports how it ended. A panic inside libtorch becomes a failed run.
-fn run_job(job: Job) {
-    let Job {
+fn run_job(job: TrainJob) {
+    let TrainJob {
         run_id,
         request,
         mut observer,
@@ -196,7 +214,7 @@ fn run_job(job: Job) {
     observer.finish(finished);
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

@@ -106,6 +106,9 @@ impl ResNet {
             Arch::Resnet18 => ([2, 2, 2, 2], false),
             Arch::Resnet34 => ([3, 4, 6, 3], false),
             Arch::Resnet50 => ([3, 4, 6, 3], true),
+            Arch::VitTiny | Arch::VitSmall | Arch::VitBase => {
+                unreachable!("a ViT is built by Backbone::new")
+            }
         };
         let expansion = if bottleneck { 4 } else { 1 };
         let conv1 = match stem {
@@ -228,6 +231,18 @@ impl ResNet {
     }
 
     /// Names of the BatchNorm layers, for the `num_batches_tracked` entries torchvision expects.
+    /// torchvision's `zero_init_residual`: the last BatchNorm of every block (bn2 of a basic
+    /// block, bn3 of a bottleneck) starts with weight 0, so each residual branch starts at zero
+    /// and the block as the identity. Call before the store is flattened.
+    pub fn zero_init_residual(&mut self) {
+        let _guard = tch::no_grad_guard();
+        for block in self.layers.iter_mut().flatten() {
+            if let Some(bn) = block.bns.last_mut() {
+                let _ = bn.weight.zero_();
+            }
+        }
+    }
+
     pub fn batch_norm_names(store: &ParamStore) -> Vec<String> {
         store
             .buffers
@@ -235,4 +250,11 @@ impl ResNet {
             .filter_map(|(n, _)| n.strip_suffix(".running_mean").map(str::to_string))
             .collect()
     }
+}
+
+/// Whether a parameter or buffer of an encoder's store belongs to the backbone (what exports and
+/// evaluations keep), not to the projection head (`fc.*`, a ViT's `head.*`) or MoCo v3's
+/// predictor.
+pub fn is_backbone_name(name: &str) -> bool {
+    !name.starts_with("fc.") && !name.starts_with("head.") && !name.starts_with("predictor.")
 }

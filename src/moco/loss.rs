@@ -1,4 +1,5 @@
-//! InfoNCE over (q·k⁺, q·queue) / T with the positive at index 0.
+//! InfoNCE over (q·k⁺, q·queue) / T with the positive at index 0 (MoCo v1/v2), and MoCo v3's
+//! in-batch contrast.
 use tch::{Kind, Tensor};
 
 pub struct ContrastiveLoss {
@@ -29,5 +30,22 @@ pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, temperature: f64) -> Con
     let logits = Tensor::cat(&[l_pos.unsqueeze(1), l_neg.shallow_clone()], 1) / temperature;
     let labels = Tensor::zeros([q.size()[0]], (Kind::Int64, q.device()));
     let loss = logits.cross_entropy_for_logits(&labels);
+    ContrastiveLoss { loss, l_pos, l_neg }
+}
+
+/// MoCo v3's `ctr(q, k)` (moco-v3 builder.py `contrastive_loss`): q and k made unit length, the
+/// logits q·kᵀ / T of every query against every key of the batch, the positive of row n at
+/// column n, cross-entropy × 2T. `q`: [N, dim] with gradient, `k`: [N, dim] without.
+pub fn in_batch(q: &Tensor, k: &Tensor, temperature: f64) -> ContrastiveLoss {
+    let q = super::head::normalize(q);
+    let k = super::head::normalize(&k.detach());
+    let n = q.size()[0];
+    let sims = q.mm(&k.tr());
+    let labels = Tensor::arange(n, (Kind::Int64, q.device()));
+    let loss = (&sims / temperature).cross_entropy_for_logits(&labels) * (2.0 * temperature);
+    let l_pos = sims.diagonal(0, 0, 1);
+    // The other keys of the batch are the negatives: [N, N − 1].
+    let off_diagonal = Tensor::eye(n, (Kind::Bool, q.device())).logical_not();
+    let l_neg = sims.masked_select(&off_diagonal).view([n, n - 1]);
     ContrastiveLoss { loss, l_pos, l_neg }
 }

@@ -1,5 +1,6 @@
 //! The MoCo algorithm: encoders with torchvision names, heads, split BN, the queue, the momentum
 //! update and the InfoNCE loss. No I/O here.
+pub mod backbone;
 pub mod encoder;
 pub mod head;
 pub mod loss;
@@ -8,3 +9,4 @@ pub mod norm;
 pub mod params;
 pub mod queue;
 pub mod shuffle;
+pub mod vit;

@@ -1,49 +1,90 @@
 //! The MoCo model: query and key encoders (backbone + head), the momentum update and the queue.
-use super::encoder::ResNet;
-use super::head::{normalize, Head};
-use super::loss::{info_nce, ContrastiveLoss};
+use super::backbone::Backbone;
+use super::head::{normalize, Head, V3Mlp};
+use super::loss::{in_batch, info_nce, ContrastiveLoss};
 use super::params::ParamStore;
 use super::queue::Queue;
 use super::shuffle::Shuffle;
-use crate::config::RunConfig;
+use crate::config::{Framework, RunConfig};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
-/// Backbone and head sharing one flat parameter buffer.
+/// Backbone and head (and, on MoCo v3's query side, the predictor) sharing one flat parameter
+/// buffer. The predictor's parameters come last, so the first `key` elements of the query's
+/// buffer are exactly the key encoder's.
 pub struct Encoder {
     pub store: ParamStore,
-    pub backbone: ResNet,
+    pub backbone: Backbone,
     pub head: Head,
+    pub predictor: Option<V3Mlp>,
 }
 
 impl Encoder {
-    pub fn new(cfg: &RunConfig, device: Device) -> Self {
+    /// The encoder of `cfg`; `with_predictor` adds MoCo v3's predictor (the query side only).
+    pub fn new(cfg: &RunConfig, device: Device, with_predictor: bool) -> Self {
         let mut store = ParamStore::new(device);
-        let mut backbone = ResNet::new(&mut store, cfg.arch, cfg.stem, cfg.width);
-        backbone.channels_last = cfg.memory_format.channels_last_on(device);
+        let mut backbone = Backbone::new(&mut store, cfg.backbone_spec());
+        backbone.set_channels_last(cfg.memory_format.channels_last_on(device));
+        if cfg.zero_init_residual {
+            backbone.zero_init_residual();
+        }
+        let vit = cfg.arch.is_vit();
         let head = Head::new(
             &mut store,
             cfg.head,
             backbone.feature_dim(),
             cfg.head_hidden_dim(),
             cfg.dim,
+            cfg.head_layers,
+            // timm's classifier is `head`, torchvision's `fc`: the projector replaces it.
+            if vit { "head" } else { "fc" },
         );
+        // ResNets' predictor ends without BatchNorm, ViTs' with (moco-v3 builder.py's MoCo_ResNet
+        // and MoCo_ViT).
+        let predictor = with_predictor.then(|| {
+            V3Mlp::new(
+                &mut store,
+                "predictor",
+                cfg.predictor_layers,
+                (cfg.dim, cfg.head_hidden_dim(), cfg.dim),
+                vit,
+            )
+        });
         store.flatten();
         Encoder {
             store,
             backbone,
             head,
+            predictor,
         }
     }
 
-    /// Multiply-accumulates of one forward pass (backbone and head) of one `image_size`² image.
+    /// Multiply-accumulates of one forward pass (backbone, head and predictor) of one
+    /// `image_size`² image.
     pub fn forward_macs(&self, image_size: i64) -> i64 {
-        self.backbone.forward_macs(image_size) + self.head.macs()
+        self.backbone.forward_macs(image_size)
+            + self.head.macs()
+            + self.predictor.as_ref().map_or(0, V3Mlp::macs)
+    }
+
+    /// The head's output [N, dim], not normalised.
+    pub fn project(&self, x: &Tensor, train: bool, splits: i64) -> Tensor {
+        self.head
+            .forward(&self.backbone.forward(x, train, splits), train)
     }
 
     /// Unit-length embeddings [N, dim].
     pub fn embed(&self, x: &Tensor, train: bool, splits: i64) -> Tensor {
-        normalize(&self.head.forward(&self.backbone.forward(x, train, splits)))
+        normalize(&self.project(x, train, splits))
+    }
+
+    /// MoCo v3's query: the predictor on the projection (BatchNorm over the whole batch).
+    fn predict(&self, x: &Tensor) -> Tensor {
+        let p = self.project(x, true, 1);
+        match &self.predictor {
+            Some(predictor) => predictor.forward(&p, true),
+            None => p,
+        }
     }
 }
 
@@ -59,7 +100,9 @@ pub struct StepOutput {
 pub struct MocoModel {
     pub query: Encoder,
     pub key: Encoder,
+    /// K past keys (moco), or the last batch's keys (v3, for the key-similarity monitor).
     pub queue: Queue,
+    framework: Framework,
     temperature: f64,
     symmetric: bool,
     splits: i64,
@@ -76,34 +119,39 @@ impl MocoModel {
     /// Builds f_q from the global torch generator (seed it first), copies it into f_k and fills
     /// the queue with random unit vectors.
     pub fn new(cfg: &RunConfig, device: Device) -> Self {
-        let mut query = Encoder::new(cfg, device);
+        let v3 = cfg.framework == Framework::V3;
+        let mut query = Encoder::new(cfg, device, v3);
         query.store.attach_flat_grad();
-        let mut key = Encoder::new(cfg, device);
+        let mut key = Encoder::new(cfg, device, false);
         key.store.copy_from(&query.store);
         for p in &mut key.store.params {
             let _ = p.tensor.requires_grad_(false);
         }
-        let queue = Queue::new(cfg.queue_size, cfg.dim, device);
+        let queue = Queue::new(cfg.queue_len(), cfg.dim, device);
         MocoModel {
             query,
             key,
             queue,
+            framework: cfg.framework,
             temperature: cfg.temperature,
             symmetric: cfg.symmetric,
             splits: cfg.shuffle_bn_splits,
         }
     }
 
+    /// The query's parameters the key encoder mirrors: all of them but v3's predictor, which
+    /// comes last in the flat buffer.
+    fn mirrored(&self) -> Tensor {
+        let n = self.key.store.flat().size()[0];
+        self.query.store.flat().narrow(0, 0, n)
+    }
+
     /// θk ← m·θk + (1−m)·θq over every parameter at once (buffers are not averaged: f_k keeps its
     /// own BatchNorm statistics).
     pub fn momentum_update(&mut self, m: f64) {
         let _guard = tch::no_grad_guard();
-        let _ = self
-            .key
-            .store
-            .flat()
-            .shallow_clone()
-            .lerp_(self.query.store.flat(), 1.0 - m);
+        let q = self.mirrored();
+        let _ = self.key.store.flat().shallow_clone().lerp_(&q, 1.0 - m);
     }
 
     /// Keys for `x` from f_k with shuffled split BN, unshuffled, unit length, no gradient.
@@ -124,6 +172,9 @@ impl MocoModel {
         m: f64,
         rng: &mut ChaCha8Rng,
     ) -> StepOutput {
+        if self.framework == Framework::V3 {
+            return self.forward_step_v3(x1, x2, m);
+        }
         let q1 = self.query.embed(x1, true, self.splits);
         let q2 = self
             .symmetric
@@ -147,11 +198,29 @@ impl MocoModel {
         StepOutput { loss, terms, keys }
     }
 
-    /// ‖θq − θk‖ / ‖θq‖ as a device scalar.
+    /// MoCo v3 (moco-v3 builder.py `forward`): q1, q2 = pred(proj(base(x1, x2))); the momentum
+    /// update; k1, k2 from the momentum encoder without shuffle, BatchNorm over the whole batch;
+    /// ctr(q1, k2) + ctr(q2, k1). The keys of the batch are kept for the key-similarity monitor.
+    fn forward_step_v3(&mut self, x1: &Tensor, x2: &Tensor, m: f64) -> StepOutput {
+        let q1 = self.query.predict(x1);
+        let q2 = self.query.predict(x2);
+        self.momentum_update(m);
+        let (k1, k2) =
+            tch::no_grad(|| (self.key.project(x1, true, 1), self.key.project(x2, true, 1)));
+        let terms = vec![
+            in_batch(&q1, &k2, self.temperature),
+            in_batch(&q2, &k1, self.temperature),
+        ];
+        let loss = &terms[0].loss + &terms[1].loss;
+        let keys = tch::no_grad(|| Tensor::cat(&[normalize(&k1), normalize(&k2)], 0));
+        StepOutput { loss, terms, keys }
+    }
+
+    /// ‖θq − θk‖ / ‖θq‖ over the mirrored parameters, as a device scalar.
     pub fn drift(&self) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let q = self.query.store.flat();
-        (q - self.key.store.flat()).norm() / q.norm().clamp_min(1e-12)
+        let q = self.mirrored();
+        (&q - self.key.store.flat()).norm() / q.norm().clamp_min(1e-12)
     }
 }
 

@@ -14,6 +14,9 @@ pub struct Param {
     pub tensor: Tensor,
     /// False for BatchNorm parameters and biases (optionally excluded from weight decay).
     pub is_bn_or_bias: bool,
+    /// Never updated (a ViT's frozen patch projection): its layer takes no gradient through it
+    /// and the optimizers neither decay nor scale it.
+    pub frozen: bool,
     pub offset: i64,
     pub numel: i64,
 }
@@ -63,10 +66,20 @@ impl ParamStore {
             name,
             tensor: tensor.shallow_clone(),
             is_bn_or_bias,
+            frozen: false,
             offset: 0,
             numel,
         });
         tensor
+    }
+
+    /// Marks the named parameters as never trained.
+    pub fn freeze(&mut self, names: &[&str]) {
+        for p in &mut self.params {
+            if names.contains(&p.name.as_str()) {
+                p.frozen = true;
+            }
+        }
     }
 
     pub fn buffer(&mut self, name: String, init: Tensor) -> Tensor {
@@ -133,7 +146,7 @@ impl ParamStore {
             .params
             .iter()
             .map(|p| {
-                let v = if exclude_bn_and_bias && p.is_bn_or_bias {
+                let v = if p.frozen || (exclude_bn_and_bias && p.is_bn_or_bias) {
                     0.0
                 } else {
                     1.0
@@ -184,14 +197,17 @@ impl ParamStore {
         Ok(())
     }
 
-    /// Copies every parameter and buffer of `other` (same architecture) into this store.
+    /// Copies every parameter and buffer of `other` into this store. `other` has the same
+    /// layers, possibly followed by more (MoCo v3's query has a predictor after what the key
+    /// encoder mirrors): those are left out.
     pub fn copy_from(&mut self, other: &ParamStore) {
         let _guard = tch::no_grad_guard();
-        self.flat
-            .as_ref()
-            .expect("flattened")
-            .shallow_clone()
-            .copy_(other.flat());
+        for (mine, theirs) in self.params.iter().zip(&other.params) {
+            assert_eq!(mine.name, theirs.name, "the stores' layers differ");
+        }
+        let mut flat = self.flat.as_ref().expect("flattened").shallow_clone();
+        let n = flat.size()[0];
+        flat.copy_(&other.flat().narrow(0, 0, n));
         for ((_, dst), (_, src)) in self.buffers.iter_mut().zip(other.buffers.iter()) {
             dst.copy_(src);
         }

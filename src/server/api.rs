@@ -40,6 +40,8 @@ pub fn routes() -> Router<AppState> {
         .route("/devices", get(devices))
         .route("/openapi.json", get(openapi_doc))
         .route("/login", post(login))
+        .merge(super::evals_api::routes())
+        .merge(super::encoders::routes())
         .fallback(not_found)
 }
 

@@ -13,6 +13,8 @@ use axum::Json;
 use serde_json::json;
 use std::collections::HashMap;
 
+pub use crate::jobs::paths::without_data_dir;
+
 #[derive(Debug, Clone)]
 pub enum WebError {
     /// 404, with a sentence naming what was asked for.
@@ -97,7 +99,9 @@ impl From<tokio::task::JoinError> for WebError {
 impl From<SchedulerError> for WebError {
     fn from(e: SchedulerError) -> WebError {
         match e {
-            SchedulerError::NotFound(_) => WebError::NotFound(e.to_string()),
+            SchedulerError::NotFound(_) | SchedulerError::NoEval(_) => {
+                WebError::NotFound(e.to_string())
+            }
             SchedulerError::Conflict(m) => WebError::Conflict(m),
             SchedulerError::Invalid(errors) => WebError::invalid(errors),
             SchedulerError::Internal(e) => WebError::internal(e),
@@ -124,15 +128,6 @@ impl IntoResponse for WebError {
     }
 }
 
-/// A message about files for clients: paths inside the data directory become relative to it and
-/// the directory itself "the data directory", so the server's own layout stays its own.
-pub fn without_data_dir(message: &str, data_dir: &std::path::Path) -> String {
-    let dir = data_dir.display().to_string();
-    message
-        .replace(&format!("{dir}/"), "")
-        .replace(&dir, "the data directory")
-}
-
 /// An id from the path: a positive integer, or a 404 (nothing else is looked up).
 pub fn parse_id(raw: &str, what: &str) -> Result<i64, WebError> {
     raw.parse::<i64>()
@@ -141,18 +136,35 @@ pub fn parse_id(raw: &str, what: &str) -> Result<i64, WebError> {
         .ok_or_else(|| WebError::not_found(format!("there is no {what} {raw:?}")))
 }
 
-/// The `{id}` of a run's route, parsed (not looked up): any other value is a 404.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RunId(pub i64);
+/// Declares the extractor of a route's `{id}`: parsed (not looked up), any value that is not a
+/// positive integer a 404 naming what was asked for.
+macro_rules! path_id {
+    ($(#[$meta:meta])* $name:ident, $what:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct $name(pub i64);
 
-impl<S: Send + Sync> FromRequestParts<S> for RunId {
-    type Rejection = WebError;
+        impl<S: Send + Sync> FromRequestParts<S> for $name {
+            type Rejection = WebError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<RunId, WebError> {
-        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| WebError::not_found("there is no such run"))?;
-        let raw = params.get("id").map(String::as_str).unwrap_or_default();
-        parse_id(raw, "run").map(RunId)
-    }
+            async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<$name, WebError> {
+                let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+                    .await
+                    .map_err(|_| WebError::not_found(concat!("there is no such ", $what)))?;
+                let raw = params.get("id").map(String::as_str).unwrap_or_default();
+                parse_id(raw, $what).map($name)
+            }
+        }
+    };
 }
+
+path_id!(
+    /// The `{id}` of a run's route.
+    RunId,
+    "run"
+);
+path_id!(
+    /// The `{id}` of an evaluation's route.
+    EvalId,
+    "evaluation"
+);

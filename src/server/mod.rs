@@ -27,8 +27,10 @@ pub mod dataset_stats;
 pub mod datasets;
 pub mod datasets_api;
 pub mod downloads;
+pub mod encoders;
 pub mod error;
 pub mod estimate;
+pub mod evals_api;
 pub mod events;
 pub mod fetch_jobs;
 pub mod openapi;
@@ -195,12 +197,19 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(prometheus::metrics))
         .nest("/api", api::routes())
         .merge(pages::routes())
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        // Encoder uploads are the only large bodies.
+        .merge(
+            encoders::upload_routes()
+                .merge(pages::upload_routes())
+                .layer(DefaultBodyLimit::max(encoders::UPLOAD_BODY_LIMIT))
+                .layer(RequestBodyLimitLayer::new(encoders::UPLOAD_BODY_LIMIT)),
+        )
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -3,7 +3,7 @@ use crate::db::runs::{RunSort, RunSummary};
 use serde_json::{json, Value};
 
 /// Every path the API serves (the test suite checks the document lists exactly these).
-pub const PATHS: [&str; 20] = [
+pub const PATHS: [&str; 26] = [
     "/api/runs",
     "/api/runs/{id}",
     "/api/runs/{id}/cancel",
@@ -23,6 +23,12 @@ pub const PATHS: [&str; 20] = [
     "/api/devices",
     "/api/openapi.json",
     "/api/login",
+    "/api/evals",
+    "/api/evals/{id}",
+    "/api/evals/{id}/cancel",
+    "/api/evals/{id}/restart",
+    "/api/encoders",
+    "/api/encoders/{name}",
     "/metrics",
 ];
 
@@ -65,6 +71,7 @@ fn mutating(mut op: Value) -> Value {
 
 pub fn document() -> Value {
     let run_id = id_param("id", "run id");
+    let eval_id = id_param("id", "evaluation id");
     let paths = json!({
         "/api/runs": {
             "get": {
@@ -285,6 +292,79 @@ pub fn document() -> Value {
                 "responses": {"200": {"description": "the token is right (a cookie is set)"}, "401": error("wrong token")}
             }
         },
+        "/api/evals": {
+            "get": {
+                "summary": "List evaluations (linear probes and kNN of trained encoders), newest first",
+                "parameters": [
+                    query("runs", "comma-separated run ids: only evaluations of these runs' checkpoints", json!({"type": "string"})),
+                    query("limit", "at most this many", json!({"type": "integer", "minimum": 1, "default": 200})),
+                ],
+                "responses": {
+                    "200": json_response("the evaluations", json!({"type": "object", "properties": {"evals": {"type": "array", "items": schema("EvalSummary")}}})),
+                    "400": error("a bad query parameter"),
+                }
+            },
+            "post": mutating(json!({
+                "summary": "Queue an evaluation of a run's checkpoint or of an encoder file; the encoder and the dataset are checked before anything is stored",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("EvalRequest")}}},
+                "responses": {
+                    "201": json_response("queued", json!({"type": "object", "properties": {"eval": schema("EvalSummary"), "settings": {"type": "object", "description": "the ProbeConfig or KnnConfig it runs with"}}})),
+                    "400": json_response("the body is not JSON", schema("FieldErrors")),
+                    "422": json_response("invalid: every bad field named", schema("FieldErrors")),
+                }
+            }))
+        },
+        "/api/evals/{id}": {
+            "get": {
+                "summary": "One evaluation: its summary, settings, epochs so far and final result",
+                "parameters": [eval_id.clone()],
+                "responses": {
+                    "200": json_response("the evaluation", json!({"type": "object", "properties": {
+                        "eval": schema("EvalSummary"), "settings": {"type": "object"},
+                        "epochs": {"type": "array", "items": schema("EvalEpoch")},
+                        "result": {"type": ["object", "null"], "description": "the probe's or kNN's result once completed"}}})),
+                    "404": error("no such evaluation"),
+                }
+            },
+            "delete": mutating(json!({
+                "summary": "Delete an evaluation that is not running",
+                "parameters": [eval_id.clone()],
+                "responses": {"204": {"description": "deleted"}, "404": error("no such evaluation"), "409": error("it is running")}
+            }))
+        },
+        "/api/evals/{id}/cancel": {
+            "post": mutating(json!({
+                "summary": "Cancel a queued, running or interrupted evaluation",
+                "parameters": [eval_id.clone()],
+                "responses": {"200": json_response("cancelled, or asked to stop", json!({"type": "object", "properties": {"eval": schema("EvalSummary")}})),
+                    "404": error("no such evaluation"), "409": error("it already ended")}
+            }))
+        },
+        "/api/evals/{id}/restart": {
+            "post": mutating(json!({
+                "summary": "Queue an interrupted, cancelled or failed evaluation again; it starts over",
+                "parameters": [eval_id],
+                "responses": {"200": json_response("queued", json!({"type": "object", "properties": {"eval": schema("EvalSummary")}})),
+                    "404": error("no such evaluation"), "409": error("it is queued, running or completed")}
+            }))
+        },
+        "/api/encoders": {
+            "get": {
+                "summary": "Encoder files of the data directory's encoders/ folder, for evaluations' `encoder`",
+                "responses": {"200": json_response("the files", json!({"type": "object", "properties": {"encoders": {"type": "array", "items": schema("EncoderFile")}}}))}
+            }
+        },
+        "/api/encoders/{name}": {
+            "put": mutating(json!({
+                "summary": "Upload an encoder file (the body): a moco-server checkpoint or encoder export, or torchvision-keyed ResNet weights. It is loaded as an evaluation would load it before it is kept; an existing file is never replaced",
+                "parameters": [{"name": "name", "in": "path", "required": true, "description": "file name: letters, digits, '.', '_' or '-', ending in .safetensors",
+                    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-][A-Za-z0-9._-]*\\.safetensors$"}}],
+                "requestBody": {"required": true, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"201": json_response("stored", json!({"type": "object", "properties": {"encoder": schema("EncoderFile")}})),
+                    "413": error("larger than 1 GiB"),
+                    "422": json_response("not an encoder, a bad name or a name taken (field `file`)", schema("FieldErrors"))}
+            }))
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics: runs by state, images/s and steps of running runs",
@@ -297,7 +377,7 @@ pub fn document() -> Value {
         "info": {
             "title": "moco-server",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Momentum Contrast training server: runs, live metrics, checkpoints. Requests that change something need `Authorization: Bearer <token>` when the server listens beyond loopback or was given a token."
+            "description": "Momentum Contrast training server: runs, live metrics, checkpoints, evaluations of trained encoders. Requests that change something need `Authorization: Bearer <token>` when the server listens beyond loopback or was given a token."
         },
         "paths": paths,
         "components": {
@@ -332,6 +412,8 @@ pub fn document() -> Value {
                     "mean": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
                     "std": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
                     "class_names": {"type": "array", "items": {"type": "string"}}}},
+                "EncoderFile": {"type": "object", "properties": {"path": {"type": "string", "description": "relative to the data directory"},
+                    "size_bytes": {"type": "integer"}}},
                 "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
                 "FieldErrors": {"type": "object", "required": ["errors"], "properties": {"errors": {"type": "array", "items": {
                     "type": "object", "required": ["field", "message"], "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}}}
@@ -346,6 +428,9 @@ pub fn document() -> Value {
     schemas.extend(crate::config::settings::openapi_schemas());
     let mut generator = crate::config::settings::openapi_generator();
     generator.subschema_for::<RunSummary>();
+    generator.subschema_for::<crate::db::evals::EvalSummary>();
+    generator.subschema_for::<crate::db::evals::EvalEpoch>();
+    generator.subschema_for::<crate::jobs::EvalRequest>();
     schemas.extend(generator.take_definitions(true));
     doc
 }

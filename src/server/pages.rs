@@ -19,6 +19,7 @@ mod assets;
 mod backend;
 mod compare;
 mod datasets;
+mod evals;
 mod form;
 mod format;
 mod login;
@@ -39,6 +40,11 @@ pub fn routes() -> Router<AppState> {
             "/runs/{id}/augment-preview.png",
             get(run_page::augment_preview),
         )
+        .route("/runs/{id}/evaluate", post(run_page::evaluate))
+        .route("/evals", get(evals::list_page).post(evals::submit))
+        .route("/evals/{id}", get(evals::page))
+        .route("/evals/{id}/cancel", post(evals::cancel))
+        .route("/evals/{id}/restart", post(evals::restart))
         .route("/compare", get(compare::page))
         .route("/datasets", get(datasets::page))
         .route("/datasets/downloads", post(datasets::start))
@@ -47,9 +53,18 @@ pub fn routes() -> Router<AppState> {
         .layer(axum::middleware::map_response(errors_as_pages))
 }
 
+/// The page's upload form, which takes large bodies (mounted outside the usual limit).
+pub fn upload_routes() -> Router<AppState> {
+    Router::new()
+        .route("/evals/encoders", post(evals::upload))
+        .layer(axum::middleware::map_response(errors_as_pages))
+}
+
+pub use format::bytes as format_bytes;
+
 /// What the base layout needs from every page.
 pub struct Layout {
-    /// The navigation entry shown as current: "runs", "new", "datasets" or "".
+    /// The navigation entry shown as current: "runs", "new", "evals", "datasets" or "".
     pub nav: &'static str,
     pub version: &'static str,
     /// The server wants its access token for changes and this browser has not given it: the

@@ -4,8 +4,9 @@
 //! Files are serialised in memory, written to a temporary name in the same directory, synced and
 //! renamed, so a crash never leaves a half-written checkpoint under the real name.
 use super::events::{CheckpointInfo, CheckpointKind};
-use super::optim::FlatSgd;
+use super::optim::FlatOptimizer;
 use crate::config::{Choice, RunConfig};
+use crate::moco::encoder::is_backbone_name;
 use crate::moco::model::MocoModel;
 use anyhow::{bail, Context};
 use safetensors::tensor::{Dtype, View};
@@ -84,6 +85,16 @@ impl View for &HostTensor {
     }
 }
 
+/// The SHA-256 of a file, as hex (what the checkpoints table and evaluations record).
+pub fn sha256_of_file(path: &Path) -> anyhow::Result<String> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// Serialises tensors with string metadata and writes them atomically; returns (size, sha256).
 pub fn write_safetensors_atomic(
     path: &Path,
@@ -147,7 +158,7 @@ pub fn read_safetensors(
 pub fn save_full(
     path: &Path,
     model: &MocoModel,
-    optimizer: &FlatSgd,
+    optimizer: &FlatOptimizer,
     state: &TrainingState,
 ) -> anyhow::Result<CheckpointInfo> {
     let mut tensors: Vec<(String, Tensor)> = Vec::new();
@@ -208,7 +219,7 @@ pub fn full_from_parts(
 }
 
 impl FullCheckpoint {
-    /// Restores encoders and queue; the optimizer takes its state with `FlatSgd::load_state`.
+    /// Restores encoders and queue; the optimizer takes its state with `FlatOptimizer::load_state`.
     pub fn restore(&self, model: &mut MocoModel) -> anyhow::Result<()> {
         model.query.store.load_named(&self.tensors, "encoder_q.")?;
         model.key.store.load_named(&self.tensors, "encoder_k.")?;
@@ -240,6 +251,9 @@ pub struct EncoderMetadata {
     pub arch: String,
     pub stem: String,
     pub width: i64,
+    /// ViTs' patch side (exports written before ViTs existed lack it).
+    #[serde(default = "default_patch_size")]
+    pub patch_size: i64,
     pub feature_dim: i64,
     pub dim: i64,
     pub image_size: i64,
@@ -250,7 +264,35 @@ pub struct EncoderMetadata {
     pub step: i64,
 }
 
+fn default_patch_size() -> i64 {
+    16
+}
+
 impl EncoderMetadata {
+    /// The metadata of an export of a model built from `cfg`, normalised with `norm` (mean,
+    /// std), trained to `epoch` and `step`.
+    pub fn for_run(
+        cfg: &RunConfig,
+        norm: ([f64; 3], [f64; 3]),
+        epoch: i64,
+        step: i64,
+    ) -> EncoderMetadata {
+        EncoderMetadata {
+            arch: cfg.arch.name().into(),
+            stem: cfg.stem.name().into(),
+            width: cfg.width,
+            patch_size: cfg.patch_size,
+            feature_dim: cfg.feature_dim(),
+            dim: cfg.dim,
+            image_size: cfg.image_size,
+            mean: norm.0,
+            std: norm.1,
+            preset: cfg.preset.name().into(),
+            epoch,
+            step,
+        }
+    }
+
     /// The file's metadata: safetensors holds strings, so numbers and lists are written as JSON,
     /// with `format` = [`ENCODER_FORMAT`].
     pub fn to_strings(&self) -> anyhow::Result<HashMap<String, String>> {
@@ -299,10 +341,13 @@ pub fn export_encoder(
     let mut tensors: Vec<(String, Tensor)> = store
         .named_tensors()
         .into_iter()
-        .filter(|(n, _)| !n.starts_with("fc."))
+        .filter(|(n, _)| is_backbone_name(n))
         .collect();
     let tracked = Tensor::from(meta.step);
-    for bn in crate::moco::encoder::ResNet::batch_norm_names(store) {
+    for bn in crate::moco::encoder::ResNet::batch_norm_names(store)
+        .into_iter()
+        .filter(|n| is_backbone_name(n))
+    {
         tensors.push((format!("{bn}.num_batches_tracked"), tracked.shallow_clone()));
     }
     let (size_bytes, sha256) = write_safetensors_atomic(path, &tensors, meta.to_strings()?)?;
@@ -338,20 +383,12 @@ pub fn export_encoder_to_run_dir(
 }
 
 fn encoder_metadata(state: &TrainingState) -> EncoderMetadata {
-    let cfg = &state.config;
-    EncoderMetadata {
-        arch: cfg.arch.name().into(),
-        stem: cfg.stem.name().into(),
-        width: cfg.width,
-        feature_dim: cfg.feature_dim(),
-        dim: cfg.dim,
-        image_size: cfg.image_size,
-        mean: state.mean,
-        std: state.std,
-        preset: cfg.preset.name().into(),
-        epoch: state.epoch,
-        step: state.step,
-    }
+    EncoderMetadata::for_run(
+        &state.config,
+        (state.mean, state.std),
+        state.epoch,
+        state.step,
+    )
 }
 
 /// Turns a full checkpoint into an encoder export at `out` (`moco-server export`).

@@ -7,7 +7,7 @@
 //! measured once per device by timing training passes of a small ResNet, in MACs per second; the
 //! estimate is that work at that speed. Data loading is not counted: the loader prefetches
 //! while the device computes.
-use crate::config::{Preset, RunConfig};
+use crate::config::{Framework, Preset, RunConfig};
 use crate::moco::model::Encoder;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -50,20 +50,23 @@ pub fn forward_macs(cfg: &RunConfig) -> f64 {
     // Building the encoder allocates its weights (100 MB for ResNet-50): done once per shape.
     static CACHE: Mutex<Option<HashMap<String, i64>>> = Mutex::new(None);
     let shape = format!(
-        "{:?} {:?} {} {} {:?} {} {}",
+        "{:?} {:?} {} {} {:?} {} {} {} {:?} {}",
         cfg.arch,
         cfg.stem,
         cfg.width,
         cfg.image_size,
         cfg.head,
         cfg.head_hidden_dim(),
-        cfg.dim
+        cfg.head_layers,
+        cfg.dim,
+        cfg.framework,
+        cfg.predictor_layers
     );
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
     *cache.entry(shape).or_insert_with(|| {
         let _no_grad = tch::no_grad_guard();
-        Encoder::new(cfg, Device::Cpu).forward_macs(cfg.image_size)
+        Encoder::new(cfg, Device::Cpu, cfg.framework == Framework::V3).forward_macs(cfg.image_size)
     }) as f64
 }
 
@@ -99,7 +102,7 @@ pub fn estimate(
 /// MACs of one training image in a step: the encoder passes of each loss term and the logits
 /// against the queue (N × (K + 1) × dim, forward and backward).
 fn training_macs_per_image(cfg: &RunConfig) -> f64 {
-    let terms = if cfg.symmetric { 2.0 } else { 1.0 };
+    let terms = if cfg.symmetric_loss() { 2.0 } else { 1.0 };
     let logits = 3.0 * (cfg.queue_size + 1) as f64 * cfg.dim as f64;
     terms * (PASSES_PER_TERM * forward_macs(cfg) + logits)
 }
@@ -140,21 +143,17 @@ pub fn device_speed(device: Device) -> f64 {
 /// of the demo preset's model at batch 64, after one untimed step that warms up the allocator and
 /// the kernels. Only data loading is left out.
 fn measure_speed(device: Device) -> f64 {
-    use crate::train::optim::FlatSgd;
+    use crate::train::optim::FlatOptimizer;
     use crate::train::step::{train_step, StepParams};
     const BATCH: i64 = 64;
     const TIMED: i64 = 3;
     let cfg = RunConfig::preset(Preset::Demo);
     let mut model = crate::moco::model::MocoModel::new(&cfg, device);
-    let mut optimizer = FlatSgd::new(
-        &model.query.store,
-        cfg.sgd_momentum,
-        cfg.weight_decay,
-        false,
-    );
+    let mut optimizer = FlatOptimizer::for_run(&model.query.store, &cfg);
     let side = cfg.dataset.synthetic_image_size as i64;
     let augmenter =
-        crate::data::Augmenter::new(cfg.augmentation, cfg.image_size, [0.5; 3], [0.25; 3]);
+        crate::data::Augmenter::new(cfg.augmentation, cfg.image_size, [0.5; 3], [0.25; 3])
+            .with_crop_min(cfg.crop_min_scale);
     let images = Tensor::randint(256, [BATCH, 3, side, side], (Kind::Uint8, device));
     let mut step = |i: i64| {
         let params = StepParams {

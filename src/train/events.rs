@@ -35,8 +35,14 @@ pub mod metric {
     pub const DEVICE_MEMORY_PEAK_MB: &str = "device_memory_peak_mb";
     /// fp16 only: the loss scale (halved on every overflowing step, which is skipped).
     pub const LOSS_SCALE: &str = "loss_scale";
+    /// The largest gradient norm ‖∇θq‖ of the query encoder over the steps since the previous
+    /// record (the largest, not the mean, so a one-step spike shows).
+    pub const GRAD_NORM: &str = "grad_norm";
+    /// The same for the first layer alone (the stem convolution; a ViT's patch projection), where
+    /// the MoCo v3 paper traces training instability to.
+    pub const GRAD_NORM_FIRST: &str = "grad_norm_first";
     /// In every record.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 17] = [
         LOSS,
         LR,
         MOMENTUM,
@@ -52,6 +58,8 @@ pub mod metric {
         DRIFT,
         IMAGES_PER_SEC,
         DATA_WAIT_MS,
+        GRAD_NORM,
+        GRAD_NORM_FIRST,
     ];
     /// In the records of runs where they apply.
     pub const OPTIONAL: [&str; 3] = [DEVICE_MEMORY_MB, DEVICE_MEMORY_PEAK_MB, LOSS_SCALE];

@@ -3,7 +3,7 @@
 use super::device::autocast;
 use crate::config::{KnnFeatures, RunConfig};
 use crate::data::{Augmenter, Dataset, DatasetSplits, Loader, LoaderOptions};
-use crate::moco::encoder::ResNet;
+use crate::moco::backbone::Backbone;
 use crate::moco::head::{normalize, Head};
 use crate::moco::model::MocoModel;
 use crate::torch_ext::ReducedPrecision;
@@ -60,7 +60,7 @@ pub fn weighted_knn_top1(
 /// backbone or the head) and the offline evaluations' (`eval`: the kNN's, and the linear probe's
 /// raw pooled output).
 pub struct FeatureExtractor<'a> {
-    pub backbone: &'a ResNet,
+    pub backbone: &'a Backbone,
     /// The head's output instead of the pooled features (the CIFAR demo's monitor).
     pub head: Option<&'a Head>,
     /// Unit length, for the kNN's cosine similarities; the linear probe reads the raw avgpool
@@ -81,7 +81,7 @@ impl FeatureExtractor<'_> {
         let _autocast = autocast(self.device, self.precision)?;
         let mut f = self.backbone.forward(x, false, 1);
         if let Some(head) = self.head {
-            f = head.forward(&f);
+            f = head.forward(&f, false);
         }
         if self.unit_length {
             f = normalize(&f);

@@ -9,6 +9,7 @@ pub mod optim;
 mod resume;
 pub mod scaler;
 pub mod schedule;
+pub mod stability;
 pub mod step;
 pub mod stop;
 pub mod trainer;

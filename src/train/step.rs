@@ -3,7 +3,7 @@
 use super::checkpoint::TrainingState;
 use super::device::autocast;
 use super::events::{metric, MetricRecord};
-use super::optim::FlatSgd;
+use super::optim::FlatOptimizer;
 use crate::data::Augmenter;
 use crate::moco::model::{scalar_zero, MocoModel, StepOutput};
 use crate::torch_ext::{self, ReducedPrecision};
@@ -26,7 +26,7 @@ pub struct StepParams {
 /// enqueued. Returns the step's output for the metrics.
 pub fn train_step(
     model: &mut MocoModel,
-    optimizer: &mut FlatSgd,
+    optimizer: &mut FlatOptimizer,
     augmenter: &Augmenter,
     images: &Tensor,
     params: StepParams,
@@ -51,6 +51,9 @@ pub(crate) struct Accumulator {
     pub(crate) pos: Tensor,
     pub(crate) neg: Tensor,
     pub(crate) neg_max: Tensor,
+    /// The largest gradient norms of the interval: all parameters, the first layer.
+    pub(crate) grad_norm: Tensor,
+    pub(crate) grad_norm_first: Tensor,
     pub(crate) steps: i64,
     pub(crate) images: i64,
     pub(crate) data_wait: Duration,
@@ -58,6 +61,20 @@ pub(crate) struct Accumulator {
 }
 
 impl Accumulator {
+    /// Folds in the gradient of the step just taken (the optimizer has unscaled it under fp16),
+    /// on the device.
+    pub(crate) fn add_gradient(&mut self, model: &MocoModel) {
+        let _guard = tch::no_grad_guard();
+        let store = &model.query.store;
+        let grad = store.flat_grad();
+        self.grad_norm = self.grad_norm.maximum(&grad.norm());
+        // The first parameter registered is the first layer's weight.
+        if let Some(first) = store.params.first() {
+            let norm = grad.narrow(0, first.offset, first.numel).norm();
+            self.grad_norm_first = self.grad_norm_first.maximum(&norm);
+        }
+    }
+
     pub(crate) fn new(device: Device) -> Self {
         Accumulator {
             loss: scalar_zero(device),
@@ -65,6 +82,8 @@ impl Accumulator {
             pos: scalar_zero(device),
             neg: scalar_zero(device),
             neg_max: scalar_zero(device) - f64::INFINITY,
+            grad_norm: scalar_zero(device),
+            grad_norm_first: scalar_zero(device),
             steps: 0,
             images: 0,
             data_wait: Duration::ZERO,
@@ -76,7 +95,7 @@ impl Accumulator {
 /// Reads the accumulated statistics and the queue state in one transfer from the device.
 pub(crate) fn read_metrics(
     model: &MocoModel,
-    optimizer: &FlatSgd,
+    optimizer: &FlatOptimizer,
     acc: &mut Accumulator,
     state: &TrainingState,
     lr: f64,
@@ -95,6 +114,8 @@ pub(crate) fn read_metrics(
         q.age_max,
         q.similarity,
         model.drift(),
+        acc.grad_norm.shallow_clone(),
+        acc.grad_norm_first.shallow_clone(),
     ];
     if let Some(scaler) = &optimizer.scaler {
         device_values.push(scaler.scale.shallow_clone());
@@ -118,6 +139,8 @@ pub(crate) fn read_metrics(
         metric::KEY_AGE_MAX,
         metric::QUEUE_SIMILARITY,
         metric::DRIFT,
+        metric::GRAD_NORM,
+        metric::GRAD_NORM_FIRST,
         metric::LOSS_SCALE,
     ];
     for (name, value) in names.iter().zip(v) {

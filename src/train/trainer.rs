@@ -9,12 +9,13 @@ use super::device::{device_name, precision_label, reduced_precision};
 use super::events::{LogLevel, Observer, RunOutcome, TrainEvent};
 use super::failure::FailureWatch;
 use super::knn::knn_monitor;
-use super::optim::FlatSgd;
+use super::optim::FlatOptimizer;
 use super::resume::check_resumable;
 use super::schedule::Schedule;
+use super::stability::StabilityWatch;
 use super::step::{read_metrics, train_step, Accumulator, StepParams};
 use super::stop::{StopFlag, StopRequest};
-use crate::config::{describe_errors, Choice, RunConfig};
+use crate::config::{describe_errors, Choice, Framework, RunConfig};
 use crate::data::{Augmenter, DatasetSplits, Loader, LoaderOptions};
 use crate::moco::model::MocoModel;
 use crate::torch_ext::ReducedPrecision;
@@ -70,7 +71,7 @@ struct Session<'a> {
     cfg: &'a RunConfig,
     splits: DatasetSplits,
     model: MocoModel,
-    optimizer: FlatSgd,
+    optimizer: FlatOptimizer,
     state: TrainingState,
     schedule: Schedule,
     augmenter: Augmenter,
@@ -78,6 +79,7 @@ struct Session<'a> {
     steps_per_epoch: i64,
     loader_threads: usize,
     watch: FailureWatch,
+    stability: StabilityWatch,
 }
 
 impl<'a> Session<'a> {
@@ -106,12 +108,7 @@ impl<'a> Session<'a> {
         let precision = reduced_precision(cfg.precision, device)?;
         let (mean, std) = cfg.normalization.resolve((splits.mean, splits.std));
         let mut model = MocoModel::seeded(cfg, device, cfg.seed);
-        let mut optimizer = FlatSgd::new(
-            &model.query.store,
-            cfg.sgd_momentum,
-            cfg.weight_decay,
-            cfg.wd_exclude_bn_bias,
-        );
+        let mut optimizer = FlatOptimizer::for_run(&model.query.store, cfg);
         if precision == Some(ReducedPrecision::Fp16) {
             optimizer = optimizer.with_loss_scaling();
         }
@@ -146,7 +143,8 @@ impl<'a> Session<'a> {
             });
         }
         // A resumed run keeps the normalisation it was trained with.
-        let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, state.mean, state.std);
+        let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, state.mean, state.std)
+            .with_crop_min(cfg.crop_min_scale);
         observer.on_event(TrainEvent::Started {
             device: device_name(device),
             start_step: state.step,
@@ -170,6 +168,7 @@ impl<'a> Session<'a> {
             steps_per_epoch,
             loader_threads,
             watch: FailureWatch::default(),
+            stability: StabilityWatch::default(),
         })
     }
 
@@ -197,7 +196,16 @@ impl<'a> Session<'a> {
             });
         }
         let train_len = self.splits.train.len();
-        if cfg.queue_size as usize * 4 > train_len {
+        if cfg.framework == Framework::V3 {
+            observer.on_event(TrainEvent::Log {
+                level: LogLevel::Info,
+                message: format!(
+                    "the v3 framework contrasts each view with the other view's {} keys of the \
+                     batch: queue_size ({}) is not used",
+                    cfg.batch_size, cfg.queue_size
+                ),
+            });
+        } else if cfg.queue_size as usize * 4 > train_len {
             observer.on_event(TrainEvent::Log {
                 level: LogLevel::Warn,
                 message: format!(
@@ -283,6 +291,7 @@ impl<'a> Session<'a> {
                     precision: self.precision,
                 },
             )?;
+            acc.add_gradient(&self.model);
             {
                 let _guard = tch::no_grad_guard();
                 let terms = out.terms.len() as f64;
@@ -306,6 +315,12 @@ impl<'a> Session<'a> {
                 let values = record.values.clone();
                 observer.on_event(TrainEvent::Metrics(record));
                 acc = Accumulator::new(device);
+                for warning in self.stability.check(&values, cfg, state.step) {
+                    observer.on_event(TrainEvent::Log {
+                        level: LogLevel::Warn,
+                        message: warning,
+                    });
+                }
                 if let Some(reason) = self.watch.check(&values, cfg, state.step) {
                     observer.on_event(TrainEvent::Log {
                         level: LogLevel::Error,

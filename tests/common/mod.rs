@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod pages;
 
 use futures::StreamExt;
 use serde_json::{json, Value};

@@ -173,6 +173,17 @@ impl Augmenter {
         a
     }
 
+    /// The views' random resized crops start at `min_scale` of the area instead of the recipe's
+    /// own minimum (0 keeps the recipe's).
+    pub fn with_crop_min(mut self, min_scale: f64) -> Self {
+        if min_scale > 0.0 {
+            for view in &mut self.views {
+                view.scale.0 = min_scale;
+            }
+        }
+        self
+    }
+
     /// An augmenter with hand-made view specs (tests, previews of single operations).
     pub fn with_views(views: [ViewSpec; 2], out_size: i64, mean: [f64; 3], std: [f64; 3]) -> Self {
         assert!(out_size > 0, "the output size must be positive");

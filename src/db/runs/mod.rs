@@ -95,13 +95,7 @@ impl RunRow {
 
     pub fn summary(&self) -> RunSummary {
         let state = self.state;
-        let progress = if state == RunState::Completed {
-            1.0
-        } else if self.total_steps > 0 {
-            (self.step as f64 / self.total_steps as f64).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let progress = state.progress(self.step, self.total_steps);
         let eta_seconds = match (state, self.images_per_sec) {
             (RunState::Running, Some(ips)) if ips > 0.0 && self.total_steps > 0 => {
                 let left = (self.total_steps - self.step).max(0) as f64;
@@ -303,9 +297,9 @@ pub async fn insert(pool: &SqlitePool, config: &RunConfig, device: &str) -> anyh
     Ok(id)
 }
 
-/// The oldest queued runs (dispatch order) with their devices.
-pub async fn queued(pool: &SqlitePool) -> anyhow::Result<Vec<(i64, String)>> {
-    sqlx::query_as("SELECT id, device FROM runs WHERE state = 'queued' ORDER BY id ASC")
+/// The queued runs with their devices and creation times, oldest first.
+pub async fn queued(pool: &SqlitePool) -> anyhow::Result<Vec<(i64, String, String)>> {
+    sqlx::query_as("SELECT id, device, created_at FROM runs WHERE state = 'queued' ORDER BY id ASC")
         .fetch_all(pool)
         .await
         .context("cannot read the queue")

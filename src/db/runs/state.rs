@@ -52,6 +52,18 @@ impl RunState {
         )
     }
 
+    /// Progress in [0, 1] of a job in this state that took `step` of `total_steps` steps (0 until
+    /// the total is known; 1 once completed).
+    pub fn progress(self, step: i64, total_steps: i64) -> f64 {
+        if self == RunState::Completed {
+            1.0
+        } else if total_steps > 0 {
+            (step as f64 / total_steps as f64).clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
+    }
+
     /// The run can be cancelled (a running one stops within a step and keeps a checkpoint).
     pub fn can_cancel(self) -> bool {
         matches!(

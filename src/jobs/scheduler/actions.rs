@@ -5,6 +5,7 @@ use crate::config::{parse_device, FieldError, Preset, RunConfig};
 use crate::db::{self, runs::RunState, runs::RunSummary};
 use crate::jobs::hub::state_data;
 use crate::jobs::paths::{check_dataset, run_dir};
+use crate::jobs::worker::JobKey;
 use crate::train::device::device_name;
 use anyhow::Context;
 use std::time::Duration;
@@ -16,18 +17,14 @@ impl Scheduler {
         let config =
             RunConfig::from_partial_json(doc, Preset::Cifar).map_err(SchedulerError::Invalid)?;
         let mut errors = Vec::new();
-        let device = match parse_device(&config.device).map(|d| d.resolve()) {
-            Some(Ok(device)) => device_name(device),
-            Some(Err(message)) => {
-                errors.push(FieldError::new("device", message));
-                String::new()
-            }
-            None => {
-                errors.push(FieldError::new("device", "must be auto, cpu or cuda:N"));
+        let device = match device_field(&config.device) {
+            Ok(device) => device,
+            Err(e) => {
+                errors.push(e);
                 String::new()
             }
         };
-        if let Err(e) = check_dataset(&self.inner.data_dir, &config) {
+        if let Err(e) = check_dataset(&self.inner.data_dir, &config.dataset) {
             errors.push(e);
         }
         if !errors.is_empty() {
@@ -70,15 +67,7 @@ impl Scheduler {
                     }
                 }
                 RunState::Running => {
-                    let stop = self
-                        .inner
-                        .slots
-                        .lock()
-                        .unwrap()
-                        .active
-                        .get(&id)
-                        .map(|a| a.stop.clone());
-                    match stop {
+                    match self.stop_flag(JobKey::Run(id)) {
                         Some(stop) => {
                             stop.cancel();
                             db::runs::request_cancel(&self.inner.pool, id).await?;
@@ -135,11 +124,18 @@ impl Scheduler {
         self.summary(id).await
     }
 
-    /// Deletes a run that is not running, with its rows and its files.
+    /// Deletes a run that is not running, with its rows, its evaluations and its files. A run
+    /// with an evaluation running keeps its files until that ends.
     pub async fn delete(&self, id: i64) -> Result<(), SchedulerError> {
         let Some(run) = db::runs::get(&self.inner.pool, id).await? else {
             return Err(SchedulerError::NotFound(id));
         };
+        let running = db::evals::running_of_run(&self.inner.pool, id).await?;
+        if let Some(eval) = running.first() {
+            return Err(SchedulerError::Conflict(format!(
+                "run {id} has a running evaluation ({eval}): cancel it first, then delete the run"
+            )));
+        }
         if run.state == RunState::Running
             || !db::runs::delete_unless_running(&self.inner.pool, id).await?
         {
@@ -183,5 +179,15 @@ impl Scheduler {
         tx.commit().await?;
         inner.hub.broadcast([event]);
         Ok(true)
+    }
+}
+
+/// The device a request names, resolved on this machine ("cpu", "cuda:0"), or the error naming
+/// the `device` field.
+pub(super) fn device_field(requested: &str) -> Result<String, FieldError> {
+    match parse_device(requested).map(|d| d.resolve()) {
+        Some(Ok(device)) => Ok(device_name(device)),
+        Some(Err(message)) => Err(FieldError::new("device", message)),
+        None => Err(FieldError::new("device", "must be auto, cpu or cuda:N")),
     }
 }

@@ -6,7 +6,7 @@ use crate::db::{self, runs::RunState, runs::RunSummary};
 use crate::jobs::hub::{state_data, EventHub};
 use crate::jobs::paths::{check_dataset, run_dir};
 use crate::jobs::recorder::{self, Recorder, RecorderMsg};
-use crate::jobs::worker::{ChannelObserver, DeviceWorkers, Job};
+use crate::jobs::worker::{ChannelObserver, DeviceWorkers, Job, JobKey, TrainJob};
 use crate::train::stop::StopFlag;
 use crate::train::TrainRequest;
 use anyhow::Context;
@@ -21,6 +21,9 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 mod actions;
+mod evals;
+
+pub use evals::{CreatedEval, EvalRequest, EvalSource};
 
 /// How the scheduler runs.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ impl Default for SchedulerOptions {
 pub enum SchedulerError {
     #[error("there is no run {0}")]
     NotFound(i64),
+    #[error("there is no evaluation {0}")]
+    NoEval(i64),
     /// The run's state does not allow it (the sentence says why).
     #[error("{0}")]
     Conflict(String),
@@ -62,7 +67,7 @@ pub struct CreatedRun {
     pub config: RunConfig,
 }
 
-/// A run on a training thread.
+/// A run or an evaluation on a device thread.
 struct Active {
     device: String,
     stop: StopFlag,
@@ -70,7 +75,7 @@ struct Active {
 
 #[derive(Default)]
 struct Slots {
-    active: HashMap<i64, Active>,
+    active: HashMap<JobKey, Active>,
     workers: HashMap<String, DeviceWorkers>,
     shutting_down: bool,
 }
@@ -174,7 +179,10 @@ impl Scheduler {
             .unwrap()
             .active
             .keys()
-            .copied()
+            .filter_map(|key| match key {
+                JobKey::Run(id) => Some(*id),
+                JobKey::Eval(_) => None,
+            })
             .collect();
         ids.sort_unstable();
         ids
@@ -195,6 +203,17 @@ impl Scheduler {
                 "runs left running by a previous process are now interrupted"
             );
         }
+        let evals = interrupt_evals_left_running(
+            inner,
+            "the server stopped while the evaluation was running; restart it to run it again",
+        )
+        .await?;
+        if !evals.is_empty() {
+            tracing::warn!(
+                ?evals,
+                "evaluations left running by a previous process are now interrupted"
+            );
+        }
         if inner.options.auto_resume {
             for id in db::runs::ids_in_state(&inner.pool, RunState::Interrupted).await? {
                 match self.resume(id).await {
@@ -205,18 +224,38 @@ impl Scheduler {
                     Err(refused) => tracing::warn!(run = id, "cannot resume: {refused}"),
                 }
             }
+            for id in db::evals::ids_in_state(&inner.pool, RunState::Interrupted).await? {
+                match self.restart_eval(id).await {
+                    Ok(_) => tracing::info!(eval = id, "interrupted evaluation queued again"),
+                    Err(SchedulerError::Internal(e)) => return Err(e),
+                    Err(refused) => tracing::warn!(eval = id, "cannot restart: {refused}"),
+                }
+            }
         }
         Ok(())
     }
 
-    /// A training thread is free again (its run's end is stored).
-    fn release(&self, id: i64) {
-        self.inner.slots.lock().unwrap().active.remove(&id);
+    /// A device thread is free again (its job's end is stored).
+    fn release(&self, key: JobKey) {
+        self.inner.slots.lock().unwrap().active.remove(&key);
     }
 
-    /// Starts queued runs, oldest first, while their devices have free slots.
+    /// Starts queued runs and evaluations, oldest first, while their devices have free slots.
     async fn dispatch(&self) -> anyhow::Result<()> {
-        for (id, device) in db::runs::queued(&self.inner.pool).await? {
+        let pool = &self.inner.pool;
+        let mut queue: Vec<(String, JobKey, String)> = db::runs::queued(pool)
+            .await?
+            .into_iter()
+            .map(|(id, device, created)| (created, JobKey::Run(id), device))
+            .chain(
+                db::evals::queued(pool)
+                    .await?
+                    .into_iter()
+                    .map(|(id, device, created)| (created, JobKey::Eval(id), device)),
+            )
+            .collect();
+        queue.sort();
+        for (_, key, device) in queue {
             {
                 let slots = self.inner.slots.lock().unwrap();
                 if slots.shutting_down {
@@ -226,12 +265,72 @@ impl Scheduler {
                     continue;
                 }
             }
-            if let Err(e) = self.start_run(id, &device).await {
-                tracing::error!(run = id, "cannot start the run: {e:#}");
-                self.fail_queued(id, &format!("{e:#}")).await?;
+            match key {
+                JobKey::Run(id) => {
+                    if let Err(e) = self.start_run(id, &device).await {
+                        tracing::error!(run = id, "cannot start the run: {e:#}");
+                        self.fail_queued(id, &format!("{e:#}")).await?;
+                    }
+                }
+                JobKey::Eval(id) => {
+                    if let Err(e) = self.start_eval(id, &device).await {
+                        tracing::error!(eval = id, "cannot start the evaluation: {e:#}");
+                        self.fail_queued_eval(id, &format!("{e:#}")).await?;
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Hands a job to a thread of `device` (started on first use); false when the threads are
+    /// closing for a shutdown.
+    fn submit(&self, device_name: &str, job: Job) -> anyhow::Result<bool> {
+        let mut slots = self.inner.slots.lock().unwrap();
+        if slots.shutting_down {
+            return Ok(false);
+        }
+        let workers = match slots.workers.entry(device_name.to_string()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(
+                DeviceWorkers::start(device_name, self.inner.options.runs_per_device)
+                    .context("cannot start a device thread")?,
+            ),
+        };
+        Ok(workers.submit(job))
+    }
+
+    /// Registers a job's stop flag before it is marked running, so a cancel always finds it;
+    /// false when the server is shutting down.
+    fn reserve(&self, key: JobKey, device_name: &str, stop: &StopFlag) -> bool {
+        let mut slots = self.inner.slots.lock().unwrap();
+        if slots.shutting_down {
+            return false;
+        }
+        slots.active.insert(
+            key,
+            Active {
+                device: device_name.to_string(),
+                stop: stop.clone(),
+            },
+        );
+        true
+    }
+
+    /// The stop flag of a job on a device thread now.
+    fn stop_flag(&self, key: JobKey) -> Option<StopFlag> {
+        self.inner
+            .slots
+            .lock()
+            .unwrap()
+            .active
+            .get(&key)
+            .map(|a| a.stop.clone())
+    }
+
+    /// The recorder's sender, while the scheduler is not shutting down.
+    fn recorder(&self) -> Option<mpsc::Sender<RecorderMsg>> {
+        self.inner.recorder_tx.lock().unwrap().clone()
     }
 
     async fn start_run(&self, id: i64, device_name: &str) -> anyhow::Result<()> {
@@ -244,7 +343,7 @@ impl Scheduler {
             .with_context(|| format!("unknown device {device_name:?}"))?
             .resolve()
             .map_err(anyhow::Error::msg)?;
-        check_dataset(&inner.data_dir, &config).map_err(|e| anyhow::anyhow!("{e}"))?;
+        check_dataset(&inner.data_dir, &config.dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
         // The newest full checkpoint whose file is still there.
         let mut resume_from = None;
         for ckpt in db::checkpoints::full_newest_first(&inner.pool, id).await? {
@@ -258,20 +357,10 @@ impl Scheduler {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the run directory {}", dir.display()))?;
 
-        // Registered before the run is marked running, so a cancel always finds its flag.
         let stop = StopFlag::new();
-        {
-            let mut slots = inner.slots.lock().unwrap();
-            if slots.shutting_down {
-                return Ok(());
-            }
-            slots.active.insert(
-                id,
-                Active {
-                    device: device_name.to_string(),
-                    stop: stop.clone(),
-                },
-            );
+        let key = JobKey::Run(id);
+        if !self.reserve(key, device_name, &stop) {
+            return Ok(());
         }
         let start_step = resume_from.as_ref().map_or(0, |(_, step)| *step);
         let marked = {
@@ -301,20 +390,20 @@ impl Scheduler {
                 }
                 Ok(None) => false,
                 Err(e) => {
-                    inner.slots.lock().unwrap().active.remove(&id);
+                    self.release(key);
                     return Err(e);
                 }
             }
         };
         if !marked {
             // Cancelled or deleted while we prepared it.
-            inner.slots.lock().unwrap().active.remove(&id);
+            self.release(key);
             return Ok(());
         }
-        let Some(tx) = inner.recorder_tx.lock().unwrap().clone() else {
+        let Some(tx) = self.recorder() else {
             return self.requeue(id).await;
         };
-        let job = Job {
+        let job = Job::Train(Box::new(TrainJob {
             run_id: id,
             request: TrainRequest {
                 config,
@@ -327,24 +416,8 @@ impl Scheduler {
                 allow_config_change: false,
             },
             observer: ChannelObserver::new(id, tx),
-        };
-        let submitted = {
-            let mut slots = inner.slots.lock().unwrap();
-            if slots.shutting_down {
-                false
-            } else {
-                let slots = &mut *slots;
-                let workers = match slots.workers.entry(device_name.to_string()) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(v) => v.insert(
-                        DeviceWorkers::start(device_name, inner.options.runs_per_device)
-                            .context("cannot start a training thread")?,
-                    ),
-                };
-                workers.submit(job)
-            }
-        };
-        if !submitted {
+        }));
+        if !self.submit(device_name, job)? {
             return self.requeue(id).await;
         }
         tracing::info!(run = id, device = device_name, start_step, "run started");
@@ -353,7 +426,7 @@ impl Scheduler {
 
     /// A run marked running that never reached a thread (the server began to shut down).
     async fn requeue(&self, id: i64) -> anyhow::Result<()> {
-        self.inner.slots.lock().unwrap().active.remove(&id);
+        self.release(JobKey::Run(id));
         self.change_state(id, &[RunState::Running], RunState::Queued)
             .await?;
         Ok(())
@@ -362,7 +435,7 @@ impl Scheduler {
     /// A queued run that cannot start (device gone, dataset moved) fails with the reason.
     async fn fail_queued(&self, id: i64, message: &str) -> anyhow::Result<()> {
         let inner = &self.inner;
-        inner.slots.lock().unwrap().active.remove(&id);
+        self.release(JobKey::Run(id));
         let _guard = inner.hub.lock().await;
         let mut tx = inner.pool.begin().await?;
         if db::runs::fail_if_queued(&mut tx, id, message).await? {
@@ -391,8 +464,8 @@ impl Scheduler {
         let workers = {
             let mut slots = self.inner.slots.lock().unwrap();
             slots.shutting_down = true;
-            for (id, active) in &slots.active {
-                tracing::info!(run = id, "interrupting the run for shutdown");
+            for (key, active) in &slots.active {
+                tracing::info!(job = ?key, "interrupting for shutdown");
                 active.stop.interrupt();
             }
             std::mem::take(&mut slots.workers)
@@ -429,7 +502,22 @@ impl Scheduler {
         if let Err(e) = leftover {
             tracing::error!("cannot mark runs interrupted at shutdown: {e:#}");
         }
+        let leftover = interrupt_evals_left_running(
+            &self.inner,
+            "the server stopped before the evaluation could record its end; restart it to run it \
+             again",
+        )
+        .await;
+        if let Err(e) = leftover {
+            tracing::error!("cannot mark evaluations interrupted at shutdown: {e:#}");
+        }
     }
+}
+
+/// Marks every evaluation still 'running' in the database as interrupted; returns their ids.
+async fn interrupt_evals_left_running(inner: &Inner, reason: &str) -> anyhow::Result<Vec<i64>> {
+    let mut conn = inner.pool.acquire().await?;
+    db::evals::interrupt_stale(&mut conn, reason).await
 }
 
 /// Marks every run still 'running' in the database as interrupted with `reason`, stores and

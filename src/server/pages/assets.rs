@@ -37,6 +37,7 @@ static ASSETS: &[Asset] = &[
     asset!("new_run.js", JS),
     asset!("run.js", JS),
     asset!("compare.js", JS),
+    asset!("eval.js", JS),
     asset!("datasets.js", JS),
     asset!("login.js", JS),
     asset!("favicon.svg", "image/svg+xml"),

@@ -20,7 +20,7 @@ const PALETTE: [&str; 8] = [
 ];
 
 /// Metrics that can be overlaid: (name, label, per epoch, smoothed).
-const METRICS: [(&str, &str, bool, bool); 15] = [
+const METRICS: [(&str, &str, bool, bool); 17] = [
     (metric::LOSS, "Loss", false, true),
     ("knn_top1", "kNN top-1 % (per epoch)", true, false),
     (metric::TOP1, "Contrastive top-1", false, true),
@@ -32,6 +32,18 @@ const METRICS: [(&str, &str, bool, bool); 15] = [
     (metric::DRIFT, "Encoder drift", false, true),
     (metric::KEY_AGE_MEAN, "Key age (mean)", false, false),
     (metric::QUEUE_FILL, "Queue fill", false, false),
+    (
+        metric::GRAD_NORM,
+        "Gradient norm (largest per interval)",
+        false,
+        false,
+    ),
+    (
+        metric::GRAD_NORM_FIRST,
+        "First layer's gradient norm",
+        false,
+        false,
+    ),
     (metric::IMAGES_PER_SEC, "Images/s", false, true),
     (metric::DATA_WAIT_MS, "Data wait (ms)", false, true),
     (
@@ -79,6 +91,8 @@ struct ComparePage {
     diff_count: usize,
     metric_choices: Vec<MetricChoice>,
     compare_json: String,
+    /// Every evaluation of the compared runs' checkpoints.
+    evals: Vec<super::evals::EvalRowView>,
 }
 
 /// Run ids from `ids=1,2,3` (and the `ids=1&ids=2` a plain form sends), in order, without
@@ -242,7 +256,11 @@ pub async fn page(
             serde_json::json!({"name": name, "label": label, "per_epoch": per_epoch, "smooth": smooth})
         }).collect::<Vec<_>>(),
     });
+    let run_ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+    let evals = crate::db::evals::list(&state.db, Some(&run_ids), 500).await?;
+    let evals = super::evals::rows(state, &evals).await?;
     let page = ComparePage {
+        evals,
         layout: Layout::for_request("", state, headers),
         problems,
         runs: columns,

@@ -6,7 +6,9 @@
 //! `RunConfig::validate` lands beside the input it is about.
 use super::format;
 use crate::config::settings::{self, Group, Kind, Setting};
-use crate::config::{queue_rule as queue_rule_sentence, Choice, FieldError, Preset, RunConfig};
+use crate::config::{
+    queue_rule as queue_rule_sentence, Choice, FieldError, Framework, Preset, RunConfig,
+};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -238,11 +240,17 @@ pub fn effective_lr(values: &Values) -> String {
 pub fn queue_rule(values: &Values) -> (String, bool) {
     let get = |k: &str| values.get(k).and_then(|v| v.trim().parse::<i64>().ok());
     let symmetric = values.get("symmetric").is_some_and(|v| v == "true");
+    let framework = values
+        .get("framework")
+        .and_then(|f| Framework::parse(f.trim()))
+        .unwrap_or(Framework::Moco);
     match (get("queue_size"), get("batch_size")) {
-        (Some(k), Some(b)) if k >= 1 && b >= 1 => match queue_rule_sentence(k, b, symmetric) {
-            Ok(sentence) => (sentence, true),
-            Err(problem) => (format!("✗ {problem}."), false),
-        },
+        (Some(k), Some(b)) if k >= 1 && b >= 1 => {
+            match queue_rule_sentence(framework, k, b, symmetric) {
+                Ok(sentence) => (sentence, true),
+                Err(problem) => (format!("✗ {problem}."), false),
+            }
+        }
         _ => (
             "queue_size must be a multiple of batch_size (2 × batch_size with the symmetric loss)."
                 .into(),

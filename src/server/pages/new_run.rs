@@ -74,7 +74,7 @@ async fn estimate_text(state: &AppState, values: &Values) -> String {
 const NO_ESTIMATE: &str = "— (fix the settings marked below to see it)";
 
 /// The dataset picker's entries: the built-in synthetic set, then what the data directory holds.
-async fn dataset_options(state: &AppState, chosen: &str) -> Vec<OptionView> {
+pub(super) async fn dataset_options(state: &AppState, chosen: &str) -> Vec<OptionView> {
     let listing = backend::list_datasets(state).await.unwrap_or_else(|e| {
         tracing::warn!("cannot list datasets: {e:#}");
         Vec::new()

@@ -1,6 +1,7 @@
 //! `/runs/{id}`: one run. Numbers, checkpoints, the event log and the config are rendered here;
 //! static/run.js draws the curves and follows the run over SSE. Cancel and resume are forms that
 //! post to this module and come back with a 303.
+use super::evals::{EvalFormView, EvalRowView};
 use super::view::{self, RunView};
 use super::{backend, form, format, render, Layout};
 use crate::config::RunConfig;
@@ -53,6 +54,10 @@ struct RunPage {
     flash_bad: bool,
     last_event_id: i64,
     queue_stats: Vec<MetricStat>,
+    /// The panel's title and help: the queue (moco), or the batch's keys (v3, which has none).
+    queue_title: &'static str,
+    queue_help: &'static str,
+    grad_spike_factor: String,
     /// Memory and loss scale; empty for CPU runs, which have neither.
     device_stats: Vec<MetricStat>,
     augmentation: String,
@@ -61,6 +66,9 @@ struct RunPage {
     log: Vec<LogView>,
     config_rows: Vec<(String, String)>,
     run_json: String,
+    /// Every evaluation of the run's checkpoints, and the form for a new one.
+    evals: Vec<EvalRowView>,
+    form: EvalFormView,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -76,6 +84,12 @@ const QUEUE_METRICS: [(&str, &str); 6] = [
     ("Key age, mean (steps)", metric::KEY_AGE_MEAN),
     ("Key age, max (steps)", metric::KEY_AGE_MAX),
     ("Queue similarity", metric::QUEUE_SIMILARITY),
+    ("Encoder drift", metric::DRIFT),
+];
+
+/// MoCo v3 keeps no queue: its keys are the current batch's.
+const V3_KEY_METRICS: [(&str, &str); 2] = [
+    ("Key similarity (this batch)", metric::QUEUE_SIMILARITY),
     ("Encoder drift", metric::DRIFT),
 ];
 
@@ -125,6 +139,27 @@ pub async fn page(
         flash.to_string(),
         false,
         StatusCode::OK,
+        None,
+    )
+    .await
+}
+
+/// The run's page with the evaluation form showing why a submission was refused (422).
+pub(super) async fn render_with_eval_form(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: i64,
+    form: EvalFormView,
+) -> Result<Response, WebError> {
+    let flash = "The evaluation was not queued: see the form below.".to_string();
+    render_page(
+        state,
+        headers,
+        id,
+        flash,
+        true,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        Some(form),
     )
     .await
 }
@@ -136,11 +171,14 @@ async fn render_page(
     flash: String,
     flash_bad: bool,
     status: StatusCode,
+    form: Option<EvalFormView>,
 ) -> Result<Response, WebError> {
     let (run, config) = backend::get_run(state, id)
         .await?
         .ok_or_else(|| WebError::not_found(format!("there is no run {id}")))?;
-    let names: Vec<&str> = QUEUE_METRICS
+    let v3 = config.get("framework").and_then(|f| f.as_str()) == Some("v3");
+    let key_metrics: &[(&str, &str)] = if v3 { &V3_KEY_METRICS } else { &QUEUE_METRICS };
+    let names: Vec<&str> = key_metrics
         .iter()
         .chain(&DEVICE_METRICS)
         .map(|(_, m)| *m)
@@ -156,7 +194,20 @@ async fn render_page(
             })
             .collect()
     };
-    let queue_stats = stats(&QUEUE_METRICS);
+    let queue_stats = stats(key_metrics);
+    let (queue_title, queue_help) = if v3 {
+        (
+            "Keys and momentum encoder",
+            "MoCo v3 keeps no queue: each view is contrasted with the other view's keys of the \
+             batch. Their mean pairwise similarity near 1 means the keys collapsed; drift is \
+             ‖θq − θk‖ / ‖θq‖ over the mirrored parameters.",
+        )
+    } else {
+        (
+            "Queue and key encoder",
+            "Mean pairwise similarity near 1 means the keys collapsed; drift is ‖θq − θk‖ / ‖θq‖.",
+        )
+    };
     let device_stats = if run.device == "cpu" {
         Vec::new()
     } else {
@@ -203,7 +254,15 @@ async fn render_page(
         "resumable_states": view::resumable_states(),
         "cancellable_states": view::cancellable_states(),
     });
+    let evals = crate::db::evals::list(&state.db, Some(&[id]), 500).await?;
+    let evals = super::evals::rows(state, &evals).await?;
+    let form = match form {
+        Some(form) => form,
+        None => EvalFormView::for_run(state, id, &Default::default(), Vec::new()).await?,
+    };
     let page = RunPage {
+        evals,
+        form,
         layout: Layout::for_request("", state, headers),
         can_cancel: run.state.can_cancel(),
         can_resume: run.state.can_resume(),
@@ -212,6 +271,12 @@ async fn render_page(
         flash_bad,
         last_event_id,
         queue_stats,
+        queue_title,
+        queue_help,
+        grad_spike_factor: config
+            .get("grad_spike_factor")
+            .and_then(|v| v.as_f64())
+            .map_or_else(|| "5".into(), |v| format::num(v, 3)),
         device_stats,
         augmentation,
         image_size: config
@@ -243,7 +308,16 @@ async fn after_action(
             .into_response()),
         Err(SchedulerError::Conflict(problem)) => {
             let problem = backend::capitalised(&problem);
-            render_page(state, headers, id, problem, true, StatusCode::CONFLICT).await
+            render_page(
+                state,
+                headers,
+                id,
+                problem,
+                true,
+                StatusCode::CONFLICT,
+                None,
+            )
+            .await
         }
         Err(other) => Err(other.into()),
     }
@@ -267,6 +341,19 @@ pub async fn resume(
 ) -> Result<Response, WebError> {
     let result = state.scheduler.resume(id).await;
     after_action(&state, &headers, id, "resume", result).await
+}
+
+/// POST /runs/{id}/evaluate: 303 to the new evaluation, or this page with the form's errors.
+pub async fn evaluate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RunId(id): RunId,
+    axum::Form(pairs): axum::Form<Vec<(String, String)>>,
+) -> Result<Response, WebError> {
+    if !crate::db::runs::exists(&state.db, id).await? {
+        return Err(WebError::not_found(format!("there is no run {id}")));
+    }
+    super::evals::evaluate_run(&state, &headers, id, pairs).await
 }
 
 /// GET /runs/{id}/augment-preview.png: view pairs of a few images under the run's recipe.

@@ -34,20 +34,39 @@ pub fn cancellable_states() -> Vec<&'static str> {
 
 /// Progress as text; static/app.js `progressText` writes the same.
 pub fn progress_text(run: &RunSummary) -> String {
-    let pct = (run.progress.clamp(0.0, 1.0) * 1000.0).round() / 10.0;
-    // The summary's epoch is 1-based (0 before the first step).
-    let epoch = run.epoch.clamp(0, run.epochs.max(0));
-    // The number of steps is known once training has opened the dataset.
-    let steps = if run.total_steps > 0 {
-        format!("{}/{}", run.step, run.total_steps)
+    let eta = (run.state == RunState::Running)
+        .then_some(run.eta_seconds)
+        .flatten();
+    progress_line(
+        run.progress,
+        run.epoch,
+        run.epochs,
+        run.step,
+        run.total_steps,
+        eta,
+    )
+}
+
+/// "25.0 % · epoch 2/4 · step 30/120 · ETA 1 min 35 s" for a run or an evaluation: the ETA only
+/// when given (running jobs), the total steps once they are known.
+pub fn progress_line(
+    progress: f64,
+    epoch: i64,
+    epochs: i64,
+    step: i64,
+    total_steps: i64,
+    eta_seconds: Option<f64>,
+) -> String {
+    let pct = (progress.clamp(0.0, 1.0) * 1000.0).round() / 10.0;
+    let epoch = epoch.clamp(0, epochs.max(0));
+    let steps = if total_steps > 0 {
+        format!("{step}/{total_steps}")
     } else {
-        run.step.to_string()
+        step.to_string()
     };
-    let mut text = format!("{pct:.1} % · epoch {epoch}/{} · step {steps}", run.epochs);
-    if run.state == RunState::Running {
-        if let Some(eta) = run.eta_seconds.filter(|e| e.is_finite()) {
-            text.push_str(&format!(" · ETA {}", format::duration(eta)));
-        }
+    let mut text = format!("{pct:.1} % · epoch {epoch}/{epochs} · step {steps}");
+    if let Some(eta) = eta_seconds.filter(|e| e.is_finite()) {
+        text.push_str(&format!(" · ETA {}", format::duration(eta)));
     }
     text
 }
