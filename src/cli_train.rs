@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Starting point: v1, v2, cifar or demo (default: cifar on a machine with a GPU, demo
-    /// otherwise).
+    /// Starting point: a paper's settings (the list below; the README's Presets table says what
+    /// each sets). Default: cifar on a machine with a GPU, demo otherwise.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Preset::names()))]
     pub preset: Option<String>,
     /// A TOML file with settings (any subset of the run config; `moco-server train --print-config`
