@@ -243,15 +243,20 @@ impl Scheduler {
     /// Starts queued runs and evaluations, oldest first, while their devices have free slots.
     async fn dispatch(&self) -> anyhow::Result<()> {
         let pool = &self.inner.pool;
-        let mut queue: Vec<(String, JobKey, String)> = db::runs::queued(pool)
+        // By creation time as a time: the stored text's fraction of a second has no fixed
+        // number of digits, so the strings do not sort as the times do.
+        let created = |text: &str| {
+            time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()
+        };
+        let mut queue: Vec<(Option<time::OffsetDateTime>, JobKey, String)> = db::runs::queued(pool)
             .await?
             .into_iter()
-            .map(|(id, device, created)| (created, JobKey::Run(id), device))
+            .map(|(id, device, at)| (created(&at), JobKey::Run(id), device))
             .chain(
                 db::evals::queued(pool)
                     .await?
                     .into_iter()
-                    .map(|(id, device, created)| (created, JobKey::Eval(id), device)),
+                    .map(|(id, device, at)| (created(&at), JobKey::Eval(id), device)),
             )
             .collect();
         queue.sort();
