@@ -1,7 +1,8 @@
 //! The MoCo building blocks on real libtorch with tiny sizes: queue, momentum update, shuffle and
 //! split BN, InfoNCE, the flat SGD step.
 use moco_server::config::{Preset, RunConfig};
-use moco_server::moco::loss::info_nce;
+use moco_server::moco::loss::{end_to_end, info_nce};
+use moco_server::moco::memory_bank::MemoryBank;
 use moco_server::moco::model::MocoModel;
 use moco_server::moco::norm::BatchNorm;
 use moco_server::moco::params::ParamStore;
@@ -178,6 +179,99 @@ fn info_nce_matches_a_hand_computed_value() {
     );
     let l_pos: Vec<f32> = Vec::try_from(&out.l_pos).unwrap();
     assert_eq!(l_pos, vec![0.6, 1.0]);
+}
+
+#[test]
+fn the_end_to_end_loss_matches_a_hand_computed_value_and_reaches_the_keys() {
+    // Two queries and their two keys, T = 0.5; the other row's key is the negative.
+    let q = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0])
+        .view([2, 2])
+        .set_requires_grad(true);
+    let k = Tensor::from_slice(&[0.6f32, 0.8, 1.0, 0.0])
+        .view([2, 2])
+        .set_requires_grad(true);
+    let out = end_to_end(&q, &k, 0.5);
+    // Row 0: logits (q0·k0, q0·k1)/T = (1.2, 2), label 0; row 1: (1.6, 0), label 1.
+    let ce = |l: [f64; 2], label: usize| l.iter().map(|v| v.exp()).sum::<f64>().ln() - l[label];
+    let expected = (ce([1.2, 2.0], 0) + ce([1.6, 0.0], 1)) / 2.0;
+    assert!((out.loss.double_value(&[]) - expected).abs() < 1e-6);
+    let l_pos: Vec<f32> = Vec::try_from(&out.l_pos).unwrap();
+    assert_eq!(l_pos, vec![0.6, 0.0]);
+    let l_neg: Vec<f32> = Vec::try_from(&out.l_neg.flatten(0, -1)).unwrap();
+    assert_eq!(l_neg, vec![1.0, 0.8]);
+    assert_eq!(
+        out.top1().double_value(&[]),
+        0.0,
+        "neither positive ranks first"
+    );
+    // The keys come from the query encoder: the loss's gradient reaches them.
+    out.loss.backward();
+    assert!(k.grad().abs().sum(Kind::Float).double_value(&[]) > 0.1);
+}
+
+#[test]
+fn the_memory_bank_reads_samples_and_moves_its_entries_towards_the_queries() {
+    let mut bank = MemoryBank::new(5, 2, 0.5, Device::Cpu);
+    let features: Vec<f32> = vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0, 0.0, -1.0, 0.6, 0.8];
+    bank.features
+        .copy_(&Tensor::from_slice(&features).view([5, 2]));
+    let indices = Tensor::from_slice(&[4i64, 1]);
+    let positives: Vec<f32> = Vec::try_from(&bank.entries(&indices).flatten(0, -1)).unwrap();
+    assert_eq!(positives, vec![0.6, 0.8, 0.0, 1.0]);
+    // Three negatives drawn from the step's stream: the rows the same stream picks.
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut expected_rng = rng.clone();
+    let picks: Vec<i64> = (0..3)
+        .map(|_| rand::Rng::gen_range(&mut expected_rng, 0..5i64))
+        .collect();
+    let sampled = bank.sample(3, &mut rng);
+    let by_hand = bank.entries(&Tensor::from_slice(&picks));
+    assert_eq!(max_abs_diff(&sampled, &by_hand), 0.0);
+    // entry ← normalise(0.5·entry + 0.5·q): row 4, (0.6, 0.8) with (1, 0) → (0.8, 0.4)/‖·‖;
+    // row 1, (0, 1) with (1, 0) → (0.5, 0.5)/‖·‖; the other rows stay.
+    let queries = Tensor::from_slice(&[1.0f32, 0.0, 1.0, 0.0]).view([2, 2]);
+    bank.update(&indices, &queries);
+    let after: Vec<f32> = Vec::try_from(&bank.features.flatten(0, -1)).unwrap();
+    let (a, b) = (0.8f32 / 0.8f32.hypot(0.4), 0.4f32 / 0.8f32.hypot(0.4));
+    let h = std::f32::consts::FRAC_1_SQRT_2;
+    let expected = [1.0, 0.0, h, h, -1.0, 0.0, 0.0, -1.0, a, b];
+    for (x, y) in after.iter().zip(expected) {
+        assert!((x - y).abs() < 1e-6, "{after:?} vs {expected:?}");
+    }
+}
+
+#[test]
+fn a_memory_bank_step_contrasts_each_query_with_its_own_entry_and_the_drawn_ones() {
+    let cfg = tiny_config()
+        .with_overrides([("mechanism", Value::from("memory_bank"))])
+        .unwrap();
+    let mut model = MocoModel::seeded(&cfg, Device::Cpu, 0);
+    model.attach_memory_bank(&cfg, 40, 1);
+    let x1 = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let indices = Tensor::arange_start(10, 18, (Kind::Int64, Device::Cpu));
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let mut reference_rng = rng.clone();
+    let out = model.forward_step_indexed(&x1, &x1, Some(&indices), 0.99, &mut rng);
+    // The same loss from its parts: q from f_q, the positives at the batch's indices, K = 32
+    // negatives drawn from the same stream (the shuffle draws nothing in this mechanism).
+    let bank = model.bank.as_ref().unwrap();
+    let q = tch::no_grad(|| model.query.embed(&x1, true, cfg.shuffle_bn_splits));
+    let negatives = bank.sample(cfg.queue_size, &mut reference_rng);
+    let reference = info_nce(&q, &bank.entries(&indices), &negatives, cfg.temperature);
+    let diff = (out.loss.double_value(&[]) - reference.loss.double_value(&[])).abs();
+    assert!(diff < 1e-5, "loss differs by {diff}");
+    assert_eq!(out.terms[0].l_neg.size(), vec![8, 32]);
+    // After the step the batch's entries move towards their queries; the others stay.
+    let before = bank.features.copy();
+    model.store_keys(&out, 1);
+    let after = &model.bank.as_ref().unwrap().features;
+    let moved = (after - &before)
+        .abs()
+        .sum_dim_intlist(1i64, false, Kind::Float);
+    let moved: Vec<f32> = Vec::try_from(&moved).unwrap();
+    for (row, m) in moved.iter().enumerate() {
+        assert_eq!(*m > 1e-6, (10..18).contains(&row), "row {row} moved {m}");
+    }
 }
 
 #[test]

@@ -652,6 +652,84 @@ fn a_v3_run_resumes_exactly_with_its_predictor_and_lars_state() {
 }
 
 #[test]
+fn a_memory_bank_run_resumes_exactly_with_its_bank_and_end_to_end_trains_without_a_queue() {
+    let base = json!({
+        "width": 8, "batch_size": 32, "epochs": 2, "shuffle_bn_splits": 2, "dim": 16,
+        "queue_size": 64, "knn_every": 0, "metrics_every": 1, "checkpoint_every": 1,
+        "mechanism": "memory_bank", "dataset": {"synthetic_train": 128, "synthetic_test": 64},
+        // Eight steps of an untrained encoder give queries 0.99 alike against bank entries
+        // written once or twice: what the failure watch reads as collapse. This test is about
+        // the state a resume restores, so the watch is told to look past it.
+        "collapse_threshold": 0.9999
+    });
+    let cfg = tiny(base.clone());
+    let straight_dir = tempfile::tempdir().unwrap();
+    let (outcome, straight) = train(&cfg, straight_dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    let split_dir = tempfile::tempdir().unwrap();
+    let (outcome, first) = train_until(&cfg, split_dir.path(), 4);
+    assert_eq!(outcome, RunOutcome::Cancelled { step: 4 });
+    let full = |o: &CollectingObserver| {
+        o.checkpoints()
+            .filter(|c| c.kind == CheckpointKind::Full)
+            .last()
+            .unwrap()
+            .path
+            .clone()
+    };
+    let (outcome, second) = train(&cfg, split_dir.path(), Some(&full(&first)));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    let losses =
+        |o: &CollectingObserver| -> Vec<f64> { o.metrics().map(|m| m.values["loss"]).collect() };
+    let resumed: Vec<f64> = losses(&first).into_iter().chain(losses(&second)).collect();
+    assert_eq!(losses(&straight).len(), resumed.len());
+    for (a, b) in losses(&straight).iter().zip(&resumed) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let bank = |path: &Path| {
+        let (tensors, _) = read_safetensors(path, Device::Cpu).unwrap();
+        tensors
+            .into_iter()
+            .find(|(name, _)| name == "memory_bank")
+            .expect("the full checkpoint holds the memory bank")
+            .1
+    };
+    let (a, b) = (bank(&full(&straight)), bank(&full(&second)));
+    assert_eq!(a.size(), vec![128, 16], "one entry per training image");
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "the banks differ by {diff}");
+    let norms = a.norm_scalaropt_dim(2, [1], false);
+    assert!(
+        ((norms - 1.0).abs().max().double_value(&[])) < 1e-5,
+        "unit entries"
+    );
+
+    let mut e2e = base;
+    e2e["mechanism"] = json!("end_to_end");
+    let dir = tempfile::tempdir().unwrap();
+    let (outcome, observer) = train(&tiny(e2e), dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
+        "{outcome:?}"
+    );
+    let last = observer.metrics().last().unwrap();
+    assert!(last.values["loss"].is_finite());
+    // 31 negatives per query: chance is ln 32 ≈ 3.47 at the start.
+    let first_loss = observer.metrics().next().unwrap().values["loss"];
+    assert!((2.5..4.5).contains(&first_loss), "{first_loss}");
+    assert_eq!(last.values["drift"], 0.0, "no momentum encoder");
+    assert!(logs(&observer)
+        .iter()
+        .any(|l| l.contains("end_to_end mechanism has no momentum encoder")));
+}
+
+#[test]
 fn a_vit_export_loads_into_timms_vision_transformer_with_no_key_missing_or_left_over() {
     let dir = tempfile::tempdir().unwrap();
     // ViT-S/16 at 224 as the v3-vit-s preset builds it (a narrow head: only the backbone is

@@ -86,6 +86,22 @@ choice_enum! { "snake_case",
     }
 }
 
+choice_enum! { "snake_case",
+    /// Within the moco framework, how the keys are encoded and kept (the MoCo paper's Figure 3
+    /// compares the three).
+    pub enum Mechanism {
+        /// A momentum key encoder and a queue of K past keys.
+        Moco,
+        /// Keys from the query encoder itself, with gradient; the negatives are the other keys
+        /// of the batch, so K = batch_size − 1.
+        EndToEnd,
+        /// Wu et al. (2018): one stored feature per training image; the positive is the
+        /// image's own entry, K negatives are drawn from the bank each step, and the batch's
+        /// entries move towards the new queries with bank_momentum.
+        MemoryBank,
+    }
+}
+
 choice_enum! { "lowercase",
     /// How parameters are updated.
     pub enum OptimizerKind {
@@ -415,6 +431,7 @@ mod tests {
         spelled_alike::<EvalMethod>();
         spelled_alike::<Framework>();
         spelled_alike::<OptimizerKind>();
+        spelled_alike::<Mechanism>();
         assert_eq!(MemoryFormat::ChannelsLast.name(), "channels_last");
         assert_eq!(DatasetKind::ImageFolder.name(), "image_folder");
         assert_eq!(

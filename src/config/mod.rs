@@ -92,6 +92,12 @@ fn default_patch_size() -> i64 {
 fn default_framework() -> Framework {
     Framework::Moco
 }
+fn default_mechanism() -> Mechanism {
+    Mechanism::Moco
+}
+fn default_bank_momentum() -> f64 {
+    0.5
+}
 fn default_predictor_layers() -> i64 {
     2
 }
@@ -235,6 +241,21 @@ pub struct RunConfig {
     #[serde(default = "default_framework")]
     #[schemars(title = "Framework", extend("x-group" = "moco", "x-resume" = "shape"))]
     pub framework: Framework,
+    /// The moco framework's keys: a momentum encoder and a queue (moco), the query encoder with
+    /// gradient and the batch as negatives (end_to_end), or a memory bank of every image's
+    /// feature (memory_bank) — the MoCo paper's three mechanisms.
+    #[serde(default = "default_mechanism")]
+    #[schemars(title = "Mechanism", extend("x-group" = "moco", "x-resume" = "shape"))]
+    pub mechanism: Mechanism,
+    /// memory_bank: an image's entry becomes m·entry + (1 − m)·q, made unit length (0.5 as Wu et
+    /// al. 2018).
+    #[serde(default = "default_bank_momentum")]
+    #[schemars(
+        title = "Memory bank momentum",
+        range(min = 0),
+        extend("exclusiveMaximum" = 1, "x-group" = "moco", "x-resume" = "trajectory")
+    )]
+    pub bank_momentum: f64,
     /// MoCo v3's predictor after the projector (hidden width head_hidden, no BatchNorm at the
     /// end for ResNets): its layers. Only the query side has one.
     #[serde(default = "default_predictor_layers")]
@@ -261,7 +282,8 @@ pub struct RunConfig {
     /// cosine raises m to 1 over the run.
     #[schemars(title = "Momentum schedule", extend("x-group" = "moco", "x-resume" = "trajectory"))]
     pub momentum_schedule: MomentumSchedule,
-    /// K: negative keys kept in the queue (the moco framework; v3 has none).
+    /// K: negative keys kept in the queue (the moco mechanism), or drawn from the memory bank
+    /// each step (memory_bank); end_to_end and v3 have none.
     #[schemars(title = "Queue size K", range(min = 1, max = 4_194_304), extend("x-group" = "moco", "x-resume" = "shape"))]
     pub queue_size: i64,
     /// L(x1, x2) + L(x2, x1); both key sets are enqueued, so K must be a multiple of
@@ -454,12 +476,26 @@ impl RunConfig {
         self.symmetric || self.framework == Framework::V3
     }
 
-    /// The queue the model keeps: K past keys (moco), or the current batch's keys (v3, which
-    /// contrasts within the batch and keeps them only for the key-similarity monitor).
+    /// The queue the model keeps: K past keys (the moco mechanism), or the current batch's keys
+    /// (the others and v3, which keep them only for the key-similarity monitor).
     pub fn queue_len(&self) -> i64 {
-        match self.framework {
-            Framework::Moco => self.queue_size,
-            Framework::V3 => self.keys_per_step(),
+        match (self.framework, self.mechanism) {
+            (Framework::Moco, Mechanism::Moco) => self.queue_size,
+            _ => self.keys_per_step(),
+        }
+    }
+
+    /// The mechanism that actually runs: v3 has its own in-batch keys and momentum encoder.
+    pub fn effective_mechanism(&self) -> Option<Mechanism> {
+        (self.framework == Framework::Moco).then_some(self.mechanism)
+    }
+
+    /// K, the negatives each query is contrasted with: the queue or the bank draw, the other
+    /// keys of the batch (end_to_end and v3).
+    pub fn negatives(&self) -> i64 {
+        match self.effective_mechanism() {
+            Some(Mechanism::Moco | Mechanism::MemoryBank) => self.queue_size,
+            Some(Mechanism::EndToEnd) | None => self.batch_size - 1,
         }
     }
 

@@ -60,6 +60,8 @@ impl RunConfig {
             zero_init_residual: false,
             dim: 128,
             framework: Framework::Moco,
+            mechanism: Mechanism::Moco,
+            bank_momentum: 0.5,
             predictor_layers: 2,
             temperature: 0.07,
             momentum: 0.999,

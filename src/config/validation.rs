@@ -3,7 +3,9 @@
 //! the ones that relate fields to each other or that a schema keyword cannot say.
 use super::choices::{parse_device, Choice};
 use super::settings;
-use super::{keys_per_step, DatasetConfig, DatasetKind, Framework, LrSchedule, RunConfig};
+use super::{
+    keys_per_step, DatasetConfig, DatasetKind, Framework, LrSchedule, Mechanism, RunConfig,
+};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -47,6 +49,7 @@ pub fn describe_errors(errors: &[FieldError]) -> String {
 /// validation reports the `Err` text.
 pub fn queue_rule(
     framework: Framework,
+    mechanism: Mechanism,
     queue_size: i64,
     batch_size: i64,
     symmetric: bool,
@@ -57,6 +60,21 @@ pub fn queue_rule(
              not used."
                 .into(),
         );
+    }
+    match mechanism {
+        Mechanism::Moco => {}
+        Mechanism::EndToEnd => {
+            return Ok(format!(
+                "end_to_end contrasts each query with the other keys of the batch (K = \
+                 batch_size − 1 = {}): queue_size is not used.",
+                batch_size - 1
+            ))
+        }
+        Mechanism::MemoryBank => {
+            return Ok(format!(
+                "memory_bank draws queue_size = {queue_size} negatives from the bank each step."
+            ))
+        }
     }
     let per_step = keys_per_step(batch_size, symmetric);
     let what = if symmetric {
@@ -150,6 +168,7 @@ impl RunConfig {
         if self.queue_size >= 1 && self.batch_size >= 1 {
             if let Err(message) = queue_rule(
                 self.framework,
+                self.mechanism,
                 self.queue_size,
                 self.batch_size,
                 self.symmetric,
@@ -192,6 +211,30 @@ impl RunConfig {
                 self.shuffle_bn_splits
             ),
         );
+        if self.mechanism != Mechanism::Moco {
+            let mechanism = self.mechanism.name();
+            check(
+                self.framework == Framework::Moco,
+                "mechanism",
+                format!(
+                    "{mechanism} is one of the moco framework's mechanisms; the v3 framework \
+                     has its own in-batch keys"
+                ),
+            );
+            check(
+                !self.symmetric,
+                "symmetric",
+                format!(
+                    "must be false with the {mechanism} mechanism, which contrasts the first \
+                     view's query only"
+                ),
+            );
+            check(
+                self.batch_size >= 2,
+                "batch_size",
+                format!("must be at least 2 with the {mechanism} mechanism"),
+            );
+        }
         if self.lr_schedule == LrSchedule::Step {
             if let Some(message) = milestones_error(&self.lr_milestones) {
                 check(false, "lr_milestones", message);
@@ -211,6 +254,19 @@ impl RunConfig {
         let ds = &self.dataset;
         for e in dataset_errors(ds) {
             check(false, &e.field, e.message);
+        }
+        if ds.kind == DatasetKind::Synthetic
+            && self.effective_mechanism() == Some(Mechanism::MemoryBank)
+        {
+            check(
+                self.queue_size as usize <= ds.synthetic_train,
+                "queue_size",
+                format!(
+                    "the memory bank holds the {} training images' features: it cannot give {} \
+                     negatives",
+                    ds.synthetic_train, self.queue_size
+                ),
+            );
         }
         if ds.kind == DatasetKind::Synthetic && self.batch_size as usize > ds.synthetic_train {
             check(
@@ -249,6 +305,40 @@ mod tests {
             errors[0].message,
             "queue_size 1000 must be a multiple of the keys enqueued per step, batch_size = 256; \
              e.g. 768 or 1024"
+        );
+    }
+
+    #[test]
+    fn the_baseline_mechanisms_state_their_own_rules() {
+        let with = |overrides: Value| {
+            let pairs: Vec<(String, Value)> =
+                overrides.as_object().unwrap().clone().into_iter().collect();
+            RunConfig::preset(Preset::Demo)
+                .with_overrides(pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        };
+        // end_to_end has no queue: a K that is no multiple of the batch is no error.
+        let cfg = with(serde_json::json!({"mechanism": "end_to_end", "queue_size": 1000})).unwrap();
+        assert_eq!(cfg.negatives(), cfg.batch_size - 1);
+        let errors = with(
+            serde_json::json!({"mechanism": "memory_bank", "symmetric": true, "queue_size": 6000}),
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, vec!["symmetric", "queue_size"]);
+        assert_eq!(
+            errors[1].message,
+            "the memory bank holds the 5000 training images' features: it cannot give 6000 negatives"
+        );
+        let errors = RunConfig::preset(Preset::V3Cifar)
+            .with_overrides([("mechanism", Value::from("end_to_end"))])
+            .unwrap_err();
+        assert_eq!(errors[0].field, "mechanism");
+        assert!(
+            errors[0]
+                .message
+                .contains("the v3 framework has its own in-batch keys"),
+            "{}",
+            errors[0]
         );
     }
 

@@ -1,5 +1,5 @@
-//! InfoNCE over (q·k⁺, q·queue) / T with the positive at index 0 (MoCo v1/v2), and MoCo v3's
-//! in-batch contrast.
+//! InfoNCE over (q·k⁺, q·queue) / T with the positive at index 0 (MoCo v1/v2, and the memory
+//! bank with its entries as keys), the end-to-end mechanism's and MoCo v3's in-batch contrasts.
 use tch::{Kind, Tensor};
 
 pub struct ContrastiveLoss {
@@ -33,19 +33,43 @@ pub fn info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, temperature: f64) -> Con
     ContrastiveLoss { loss, l_pos, l_neg }
 }
 
+/// The end-to-end mechanism's InfoNCE: each query against every key of the batch, its own at
+/// column n and the other N − 1 as negatives, /T, mean cross-entropy. `q`, `k`: [N, dim] unit
+/// vectors, both with gradient (the keys come from the query encoder).
+pub fn end_to_end(q: &Tensor, k: &Tensor, temperature: f64) -> ContrastiveLoss {
+    let (sims, loss) = batch_contrast(q, k, temperature);
+    let (l_pos, l_neg) = split_diagonal(&sims);
+    ContrastiveLoss { loss, l_pos, l_neg }
+}
+
+/// q·kᵀ and the cross-entropy of (q·kᵀ / T) with the positive of row n at column n.
+fn batch_contrast(q: &Tensor, k: &Tensor, temperature: f64) -> (Tensor, Tensor) {
+    let sims = q.mm(&k.tr());
+    let labels = Tensor::arange(q.size()[0], (Kind::Int64, q.device()));
+    let loss = (&sims / temperature).cross_entropy_for_logits(&labels);
+    (sims, loss)
+}
+
+/// The positives (the diagonal, [N]) and the negatives (the rest of each row, [N, N − 1]) of a
+/// batch's similarity matrix.
+fn split_diagonal(sims: &Tensor) -> (Tensor, Tensor) {
+    let n = sims.size()[0];
+    let off_diagonal = Tensor::eye(n, (Kind::Bool, sims.device())).logical_not();
+    let l_neg = sims.masked_select(&off_diagonal).view([n, n - 1]);
+    (sims.diagonal(0, 0, 1), l_neg)
+}
+
 /// MoCo v3's `ctr(q, k)` (moco-v3 builder.py `contrastive_loss`): q and k made unit length, the
 /// logits q·kᵀ / T of every query against every key of the batch, the positive of row n at
 /// column n, cross-entropy × 2T. `q`: [N, dim] with gradient, `k`: [N, dim] without.
 pub fn in_batch(q: &Tensor, k: &Tensor, temperature: f64) -> ContrastiveLoss {
     let q = super::head::normalize(q);
     let k = super::head::normalize(&k.detach());
-    let n = q.size()[0];
-    let sims = q.mm(&k.tr());
-    let labels = Tensor::arange(n, (Kind::Int64, q.device()));
-    let loss = (&sims / temperature).cross_entropy_for_logits(&labels) * (2.0 * temperature);
-    let l_pos = sims.diagonal(0, 0, 1);
-    // The other keys of the batch are the negatives: [N, N − 1].
-    let off_diagonal = Tensor::eye(n, (Kind::Bool, q.device())).logical_not();
-    let l_neg = sims.masked_select(&off_diagonal).view([n, n - 1]);
-    ContrastiveLoss { loss, l_pos, l_neg }
+    let (sims, loss) = batch_contrast(&q, &k, temperature);
+    let (l_pos, l_neg) = split_diagonal(&sims);
+    ContrastiveLoss {
+        loss: loss * (2.0 * temperature),
+        l_pos,
+        l_neg,
+    }
 }

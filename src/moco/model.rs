@@ -1,11 +1,12 @@
 //! The MoCo model: query and key encoders (backbone + head), the momentum update and the queue.
 use super::backbone::Backbone;
 use super::head::{normalize, Head, V3Mlp};
-use super::loss::{in_batch, info_nce, ContrastiveLoss};
+use super::loss::{end_to_end, in_batch, info_nce, ContrastiveLoss};
+use super::memory_bank::MemoryBank;
 use super::params::ParamStore;
 use super::queue::Queue;
 use super::shuffle::Shuffle;
-use crate::config::{Framework, RunConfig};
+use crate::config::{Framework, Mechanism, RunConfig};
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
 
@@ -95,17 +96,25 @@ pub struct StepOutput {
     pub terms: Vec<ContrastiveLoss>,
     /// Keys to enqueue after the optimizer step.
     pub keys: Tensor,
+    /// The memory bank's batch indices and their new queries, written after the step.
+    pub bank_update: Option<(Tensor, Tensor)>,
 }
 
 pub struct MocoModel {
     pub query: Encoder,
     pub key: Encoder,
-    /// K past keys (moco), or the last batch's keys (v3, for the key-similarity monitor).
+    /// K past keys (moco), or the last batch's keys (the other mechanisms and v3, for the
+    /// key-similarity monitor).
     pub queue: Queue,
-    framework: Framework,
+    /// The memory_bank mechanism's features, one per training image (`attach_memory_bank`).
+    pub bank: Option<MemoryBank>,
+    /// Which mechanism runs in the moco framework (None in v3).
+    mechanism: Option<Mechanism>,
     temperature: f64,
     symmetric: bool,
     splits: i64,
+    /// K: the memory bank's negatives per step.
+    queue_size: i64,
 }
 
 impl MocoModel {
@@ -132,10 +141,12 @@ impl MocoModel {
             query,
             key,
             queue,
-            framework: cfg.framework,
+            bank: None,
+            mechanism: cfg.effective_mechanism(),
             temperature: cfg.temperature,
             symmetric: cfg.symmetric,
             splits: cfg.shuffle_bn_splits,
+            queue_size: cfg.queue_size,
         }
     }
 
@@ -162,9 +173,24 @@ impl MocoModel {
         shuffle.undo(&k)
     }
 
-    /// q = f_q(x1); momentum update; k = f_k(x2) with shuffle BN; InfoNCE against the queue (and
-    /// the mirrored term with the symmetric loss). The caller runs backward and the optimizer,
-    /// then enqueues `keys`.
+    /// Whether f_k is used and follows f_q by momentum (moco and v3; the end-to-end and
+    /// memory-bank baselines have none).
+    pub fn has_momentum_encoder(&self) -> bool {
+        matches!(self.mechanism, None | Some(Mechanism::Moco))
+    }
+
+    /// Gives the memory_bank mechanism its bank of `images` entries, drawn from `seed` (the
+    /// size is the training split's, known once the data is open). Other mechanisms keep none.
+    pub fn attach_memory_bank(&mut self, cfg: &RunConfig, images: i64, seed: u64) {
+        if self.mechanism == Some(Mechanism::MemoryBank) {
+            let device = self.queue.keys.device();
+            self.bank = Some(with_torch_seed(seed, || {
+                MemoryBank::new(images, cfg.dim, cfg.bank_momentum, device)
+            }));
+        }
+    }
+
+    /// `forward_step_indexed` for mechanisms that need no image indices.
     pub fn forward_step(
         &mut self,
         x1: &Tensor,
@@ -172,9 +198,93 @@ impl MocoModel {
         m: f64,
         rng: &mut ChaCha8Rng,
     ) -> StepOutput {
-        if self.framework == Framework::V3 {
-            return self.forward_step_v3(x1, x2, m);
+        self.forward_step_indexed(x1, x2, None, m, rng)
+    }
+
+    /// One step's forward passes for the run's framework and mechanism. The caller runs backward
+    /// and the optimizer, then `store_keys`. `indices` ([N] int64 on the device, the batch's
+    /// positions in the training split) are what the memory bank is read and written at.
+    pub fn forward_step_indexed(
+        &mut self,
+        x1: &Tensor,
+        x2: &Tensor,
+        indices: Option<&Tensor>,
+        m: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> StepOutput {
+        match self.mechanism {
+            None => self.forward_step_v3(x1, x2, m),
+            Some(Mechanism::Moco) => self.forward_step_moco(x1, x2, m, rng),
+            Some(Mechanism::EndToEnd) => self.forward_step_end_to_end(x1, x2, rng),
+            Some(Mechanism::MemoryBank) => {
+                let indices = indices.expect("the memory bank is read at the batch's indices");
+                self.forward_step_memory_bank(x1, indices, rng)
+            }
         }
+    }
+
+    /// After the optimizer step: the step's keys into the queue, and the batch's queries into
+    /// the memory bank.
+    pub fn store_keys(&mut self, out: &StepOutput, next_step: i64) {
+        self.queue.enqueue(&out.keys, next_step);
+        if let (Some(bank), Some((indices, queries))) = (&mut self.bank, &out.bank_update) {
+            bank.update(indices, queries);
+        }
+    }
+
+    /// The end-to-end mechanism: q = f_q(x1), k = f_q(x2) with shuffle BN and with gradient;
+    /// each query against the batch's keys. No momentum encoder, no queue.
+    fn forward_step_end_to_end(
+        &mut self,
+        x1: &Tensor,
+        x2: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> StepOutput {
+        let q = self.query.embed(x1, true, self.splits);
+        let shuffle = Shuffle::new(x2.size()[0], rng, x2.device());
+        let k = shuffle.undo(&self.query.embed(&shuffle.apply(x2), true, self.splits));
+        let term = end_to_end(&q, &k, self.temperature);
+        StepOutput {
+            loss: term.loss.shallow_clone(),
+            terms: vec![term],
+            keys: k.detach(),
+            bank_update: None,
+        }
+    }
+
+    /// The memory-bank mechanism: q = f_q(x1) against its image's bank entry (the positive)
+    /// and K entries drawn from the bank; the entries of the batch move towards q afterwards.
+    fn forward_step_memory_bank(
+        &mut self,
+        x1: &Tensor,
+        indices: &Tensor,
+        rng: &mut ChaCha8Rng,
+    ) -> StepOutput {
+        let q = self.query.embed(x1, true, self.splits);
+        let bank = self
+            .bank
+            .as_ref()
+            .expect("attach_memory_bank before training");
+        let (positives, negatives) = (bank.entries(indices), bank.sample(self.queue_size, rng));
+        let term = info_nce(&q, &positives, &negatives, self.temperature);
+        let queries = q.detach();
+        StepOutput {
+            loss: term.loss.shallow_clone(),
+            terms: vec![term],
+            keys: queries.shallow_clone(),
+            bank_update: Some((indices.shallow_clone(), queries)),
+        }
+    }
+
+    /// q = f_q(x1); momentum update; k = f_k(x2) with shuffle BN; InfoNCE against the queue (and
+    /// the mirrored term with the symmetric loss).
+    fn forward_step_moco(
+        &mut self,
+        x1: &Tensor,
+        x2: &Tensor,
+        m: f64,
+        rng: &mut ChaCha8Rng,
+    ) -> StepOutput {
         let q1 = self.query.embed(x1, true, self.splits);
         let q2 = self
             .symmetric
@@ -195,7 +305,12 @@ impl MocoModel {
             .map(|t| t.loss.shallow_clone())
             .reduce(|a, b| a + b)
             .expect("at least one term");
-        StepOutput { loss, terms, keys }
+        StepOutput {
+            loss,
+            terms,
+            keys,
+            bank_update: None,
+        }
     }
 
     /// MoCo v3 (moco-v3 builder.py `forward`): q1, q2 = pred(proj(base(x1, x2))); the momentum
@@ -213,12 +328,21 @@ impl MocoModel {
         ];
         let loss = &terms[0].loss + &terms[1].loss;
         let keys = tch::no_grad(|| Tensor::cat(&[normalize(&k1), normalize(&k2)], 0));
-        StepOutput { loss, terms, keys }
+        StepOutput {
+            loss,
+            terms,
+            keys,
+            bank_update: None,
+        }
     }
 
-    /// ‖θq − θk‖ / ‖θq‖ over the mirrored parameters, as a device scalar.
+    /// ‖θq − θk‖ / ‖θq‖ over the mirrored parameters, as a device scalar; 0 when the mechanism
+    /// has no momentum encoder.
     pub fn drift(&self) -> Tensor {
         let _guard = tch::no_grad_guard();
+        if !self.has_momentum_encoder() {
+            return scalar_zero(self.queue.keys.device());
+        }
         let q = self.mirrored();
         (&q - self.key.store.flat()).norm() / q.norm().clamp_min(1e-12)
     }

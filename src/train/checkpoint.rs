@@ -153,7 +153,8 @@ pub fn read_safetensors(
     Ok((tensors, metadata))
 }
 
-/// Writes the full resumable state: both encoders with BN buffers, the queue and its stamps, the
+/// Writes the full resumable state: both encoders with BN buffers, the queue and its stamps (and
+/// the memory bank), the
 /// optimizer's state (momentum buffer, and the loss scale in fp16), the counters and the config.
 pub fn save_full(
     path: &Path,
@@ -170,6 +171,13 @@ pub fn save_full(
     }
     tensors.push(("queue.keys".into(), model.queue.keys.shallow_clone()));
     tensors.push(("queue.stamps".into(), model.queue.stamps.shallow_clone()));
+    if let Some(bank) = &model.bank {
+        tensors.push(("memory_bank".into(), bank.features.shallow_clone()));
+        tensors.push((
+            "memory_bank.written".into(),
+            bank.written.to_kind(Kind::Float),
+        ));
+    }
     tensors.extend(optimizer.named_state());
     let metadata = HashMap::from([
         ("format".to_string(), FULL_FORMAT.to_string()),
@@ -241,6 +249,18 @@ impl FullCheckpoint {
         model.queue.keys.copy_(&keys);
         model.queue.stamps.copy_(&get("queue.stamps")?);
         model.queue.ptr = self.state.queue_ptr;
+        if let Some(bank) = &mut model.bank {
+            let features = get("memory_bank")?;
+            anyhow::ensure!(
+                features.size() == bank.features.size(),
+                "the checkpoint's memory bank has shape {:?}, the training split asks for {:?}",
+                features.size(),
+                bank.features.size()
+            );
+            bank.features.copy_(&features);
+            bank.written
+                .copy_(&get("memory_bank.written")?.to_kind(Kind::Bool));
+        }
         Ok(())
     }
 }

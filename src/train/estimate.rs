@@ -2,12 +2,13 @@
 //!
 //! A run's work is counted in multiply-accumulates (MACs) of the very encoder its config builds:
 //! per training image, the query encoder's forward and backward passes (backward ≈ 2 × forward)
-//! and the key encoder's forward, 4 forward passes in all (8 with the symmetric loss); per kNN
+//! and the key encoder's forward, 4 forward passes in all (8 with the symmetric loss; 6 for the
+//! end-to-end mechanism, 3 for the memory bank); per kNN
 //! evaluation, one forward pass over the bank and the held-out split. The device's speed is
 //! measured once per device by timing training passes of a small ResNet, in MACs per second; the
 //! estimate is that work at that speed. Data loading is not counted: the loader prefetches
 //! while the device computes.
-use crate::config::{Framework, Preset, RunConfig};
+use crate::config::{Framework, Mechanism, Preset, RunConfig};
 use crate::moco::model::Encoder;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -15,9 +16,11 @@ use std::sync::Mutex;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
+/// Forward passes' worth of the query encoder's forward and backward (backward ≈ 2 × forward).
+const QUERY_PASSES: f64 = 3.0;
 /// Forward passes of the encoder per training image and loss term (query forward + backward,
 /// key forward).
-const PASSES_PER_TERM: f64 = 4.0;
+const PASSES_PER_TERM: f64 = QUERY_PASSES + 1.0;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Estimate {
@@ -103,8 +106,19 @@ pub fn estimate(
 /// against the queue (N × (K + 1) × dim, forward and backward).
 fn training_macs_per_image(cfg: &RunConfig) -> f64 {
     let terms = if cfg.symmetric_loss() { 2.0 } else { 1.0 };
-    let logits = 3.0 * (cfg.queue_size + 1) as f64 * cfg.dim as f64;
-    terms * (PASSES_PER_TERM * forward_macs(cfg) + logits)
+    let logits = 3.0 * (cfg.negatives() + 1) as f64 * cfg.dim as f64;
+    terms * (passes_per_term(cfg) * forward_macs(cfg) + logits)
+}
+
+/// Forward passes' worth of encoder work per image and loss term: the query's forward and
+/// backward (3), and the key's forward (moco, v3), or its forward and backward (end_to_end, whose
+/// keys come from the query encoder with gradient); the memory bank encodes no keys.
+fn passes_per_term(cfg: &RunConfig) -> f64 {
+    match cfg.effective_mechanism() {
+        None | Some(Mechanism::Moco) => PASSES_PER_TERM,
+        Some(Mechanism::EndToEnd) => 2.0 * QUERY_PASSES,
+        Some(Mechanism::MemoryBank) => QUERY_PASSES,
+    }
 }
 
 /// kNN evaluations of a run from its start: every `knn_every` epochs and after the last, plus the
@@ -163,7 +177,7 @@ fn measure_speed(device: Device) -> f64 {
             momentum: cfg.momentum,
             precision: None,
         };
-        let out = train_step(&mut model, &mut optimizer, &augmenter, &images, params);
+        let out = train_step(&mut model, &mut optimizer, &augmenter, &images, &[], params);
         // Wait for the device: its work is what is timed.
         let _ = out.map(|o| o.loss.double_value(&[]));
     };

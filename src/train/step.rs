@@ -21,26 +21,33 @@ pub struct StepParams {
     pub precision: Option<ReducedPrecision>,
 }
 
-/// One MoCo training step on a batch of uint8 images: the two views, the forward passes and the
-/// momentum update (under the run's autocast), backward, the optimizer step, and the new keys
-/// enqueued. Returns the step's output for the metrics.
+/// One MoCo training step on a batch of uint8 images (at `indices` of the training split): the
+/// two views, the forward passes and the momentum update (under the run's autocast), backward,
+/// the optimizer step, and the new keys enqueued (and written to the memory bank). Returns the
+/// step's output for the metrics.
 pub fn train_step(
     model: &mut MocoModel,
     optimizer: &mut FlatOptimizer,
     augmenter: &Augmenter,
     images: &Tensor,
+    indices: &[usize],
     params: StepParams,
 ) -> anyhow::Result<StepOutput> {
     let mut rng = crate::rng::stream(params.seed, crate::rng::Purpose::Step, params.step as u64);
     let (x1, x2) = augmenter.two_views(images, &mut rng);
+    // Only the memory bank reads the batch's positions in the training split.
+    let indices = model.bank.is_some().then(|| {
+        let indices: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        Tensor::from_slice(&indices).to_device(images.device())
+    });
     let out = {
         let _autocast = autocast(images.device(), params.precision)?;
-        model.forward_step(&x1, &x2, params.momentum, &mut rng)
+        model.forward_step_indexed(&x1, &x2, indices.as_ref(), params.momentum, &mut rng)
     };
     model.query.store.zero_grad();
     optimizer.backward(&out.loss);
     optimizer.step(&model.query.store, params.lr);
-    model.queue.enqueue(&out.keys, params.step + 1);
+    model.store_keys(&out, params.step + 1);
     Ok(out)
 }
 
@@ -102,6 +109,11 @@ pub(crate) fn read_metrics(
     m: f64,
 ) -> MetricRecord {
     let q = model.queue.stats(state.step);
+    // With a memory bank the negatives' store is the bank: its fill says whether they are real.
+    let fill = match &model.bank {
+        Some(bank) => bank.fill(),
+        None => q.fill,
+    };
     let steps = acc.steps.max(1) as f64;
     let mut device_values = vec![
         &acc.loss / steps,
@@ -109,7 +121,7 @@ pub(crate) fn read_metrics(
         &acc.pos / steps,
         &acc.neg / steps,
         acc.neg_max.shallow_clone(),
-        q.fill,
+        fill,
         q.age_mean,
         q.age_max,
         q.similarity,

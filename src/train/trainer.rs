@@ -15,7 +15,7 @@ use super::schedule::Schedule;
 use super::stability::StabilityWatch;
 use super::step::{read_metrics, train_step, Accumulator, StepParams};
 use super::stop::{StopFlag, StopRequest};
-use crate::config::{describe_errors, Choice, Framework, RunConfig};
+use crate::config::{describe_errors, Choice, Framework, Mechanism, RunConfig};
 use crate::data::{Augmenter, DatasetSplits, Loader, LoaderOptions};
 use crate::moco::model::MocoModel;
 use crate::torch_ext::ReducedPrecision;
@@ -101,6 +101,15 @@ impl<'a> Session<'a> {
                  lower batch_size"
             );
         }
+        if cfg.effective_mechanism() == Some(Mechanism::MemoryBank)
+            && cfg.queue_size as usize > train_len
+        {
+            bail!(
+                "queue_size: the memory bank holds the {train_len} training images' features; it \
+                 cannot give {} negatives",
+                cfg.queue_size
+            );
+        }
         if device.is_cuda() {
             // Every step has the same shapes: let cuDNN pick the fastest algorithms once.
             tch::Cuda::cudnn_set_benchmark(true);
@@ -108,6 +117,7 @@ impl<'a> Session<'a> {
         let precision = reduced_precision(cfg.precision, device)?;
         let (mean, std) = cfg.normalization.resolve((splits.mean, splits.std));
         let mut model = MocoModel::seeded(cfg, device, cfg.seed);
+        model.attach_memory_bank(cfg, train_len as i64, cfg.seed);
         let mut optimizer = FlatOptimizer::for_run(&model.query.store, cfg);
         if precision == Some(ReducedPrecision::Fp16) {
             optimizer = optimizer.with_loss_scaling();
@@ -205,6 +215,25 @@ impl<'a> Session<'a> {
                     cfg.batch_size, cfg.queue_size
                 ),
             });
+        } else if cfg.mechanism != Mechanism::Moco {
+            let negatives = match cfg.mechanism {
+                Mechanism::EndToEnd => format!(
+                    "the other {} keys of the batch are the negatives, queue_size ({}) is not used",
+                    cfg.batch_size - 1,
+                    cfg.queue_size
+                ),
+                _ => format!(
+                    "{} negatives are drawn from the bank of {train_len} features each step",
+                    cfg.queue_size
+                ),
+            };
+            observer.on_event(TrainEvent::Log {
+                level: LogLevel::Info,
+                message: format!(
+                    "the {} mechanism has no momentum encoder, so momentum ({}) is not used; {negatives}",
+                    cfg.mechanism, cfg.momentum
+                ),
+            });
         } else if cfg.queue_size as usize * 4 > train_len {
             observer.on_event(TrainEvent::Log {
                 level: LogLevel::Warn,
@@ -283,6 +312,7 @@ impl<'a> Session<'a> {
                 &mut self.optimizer,
                 &self.augmenter,
                 &batch.images,
+                &batch.indices,
                 StepParams {
                     seed: cfg.seed,
                     step: state.step,

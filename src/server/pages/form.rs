@@ -7,7 +7,7 @@
 use super::format;
 use crate::config::settings::{self, Group, Kind, Setting};
 use crate::config::{
-    queue_rule as queue_rule_sentence, Choice, FieldError, Framework, Preset, RunConfig,
+    queue_rule as queue_rule_sentence, Choice, FieldError, Framework, Mechanism, Preset, RunConfig,
 };
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -244,9 +244,13 @@ pub fn queue_rule(values: &Values) -> (String, bool) {
         .get("framework")
         .and_then(|f| Framework::parse(f.trim()))
         .unwrap_or(Framework::Moco);
+    let mechanism = values
+        .get("mechanism")
+        .and_then(|m| Mechanism::parse(m.trim()))
+        .unwrap_or(Mechanism::Moco);
     match (get("queue_size"), get("batch_size")) {
         (Some(k), Some(b)) if k >= 1 && b >= 1 => {
-            match queue_rule_sentence(framework, k, b, symmetric) {
+            match queue_rule_sentence(framework, mechanism, k, b, symmetric) {
                 Ok(sentence) => (sentence, true),
                 Err(problem) => (format!("✗ {problem}."), false),
             }

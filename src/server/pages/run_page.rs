@@ -93,6 +93,57 @@ const V3_KEY_METRICS: [(&str, &str); 2] = [
     ("Encoder drift", metric::DRIFT),
 ];
 
+/// The end-to-end mechanism's keys are the current batch's, from the query encoder.
+const END_TO_END_KEY_METRICS: [(&str, &str); 1] =
+    [("Key similarity (this batch)", metric::QUEUE_SIMILARITY)];
+
+/// The memory bank's fill (entries that have held a query) and the batch's queries.
+const MEMORY_BANK_METRICS: [(&str, &str); 2] = [
+    ("Bank fill", metric::QUEUE_FILL),
+    ("Query similarity (this batch)", metric::QUEUE_SIMILARITY),
+];
+
+/// The panel of where the negatives come from, for the run's framework and mechanism: its
+/// metrics, title and help.
+fn negatives_panel(
+    config: &serde_json::Value,
+) -> (
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static str,
+) {
+    let get = |key: &str| config.get(key).and_then(|v| v.as_str());
+    if get("framework") == Some("v3") {
+        return (
+            &V3_KEY_METRICS,
+            "Keys and momentum encoder",
+            "MoCo v3 keeps no queue: each view is contrasted with the other view's keys of the \
+             batch. Their mean pairwise similarity near 1 means the keys collapsed; drift is \
+             ‖θq − θk‖ / ‖θq‖ over the mirrored parameters.",
+        );
+    }
+    match get("mechanism") {
+        Some("end_to_end") => (
+            &END_TO_END_KEY_METRICS,
+            "Keys (end-to-end)",
+            "The keys come from the query encoder itself and the other keys of the batch are the \
+             negatives: no queue, no momentum encoder. Similarity near 1 means they collapsed.",
+        ),
+        Some("memory_bank") => (
+            &MEMORY_BANK_METRICS,
+            "Memory bank",
+            "One stored feature per training image: the positive is the image's own entry, the \
+             negatives are drawn from the bank. Until the fill reaches 1 some entries are still \
+             random; query similarity near 1 means the representation collapsed.",
+        ),
+        _ => (
+            &QUEUE_METRICS,
+            "Queue and key encoder",
+            "Mean pairwise similarity near 1 means the keys collapsed; drift is ‖θq − θk‖ / ‖θq‖.",
+        ),
+    }
+}
+
 const DEVICE_METRICS: [(&str, &str); 3] = [
     ("Device memory reserved", metric::DEVICE_MEMORY_MB),
     (
@@ -176,8 +227,7 @@ async fn render_page(
     let (run, config) = backend::get_run(state, id)
         .await?
         .ok_or_else(|| WebError::not_found(format!("there is no run {id}")))?;
-    let v3 = config.get("framework").and_then(|f| f.as_str()) == Some("v3");
-    let key_metrics: &[(&str, &str)] = if v3 { &V3_KEY_METRICS } else { &QUEUE_METRICS };
+    let (key_metrics, queue_title, queue_help) = negatives_panel(&config);
     let names: Vec<&str> = key_metrics
         .iter()
         .chain(&DEVICE_METRICS)
@@ -195,19 +245,6 @@ async fn render_page(
             .collect()
     };
     let queue_stats = stats(key_metrics);
-    let (queue_title, queue_help) = if v3 {
-        (
-            "Keys and momentum encoder",
-            "MoCo v3 keeps no queue: each view is contrasted with the other view's keys of the \
-             batch. Their mean pairwise similarity near 1 means the keys collapsed; drift is \
-             ‖θq − θk‖ / ‖θq‖ over the mirrored parameters.",
-        )
-    } else {
-        (
-            "Queue and key encoder",
-            "Mean pairwise similarity near 1 means the keys collapsed; drift is ‖θq − θk‖ / ‖θq‖.",
-        )
-    };
     let device_stats = if run.device == "cpu" {
         Vec::new()
     } else {
