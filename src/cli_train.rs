@@ -11,8 +11,10 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(clap::Args, Debug)]
-pub struct TrainArgs {
+/// Where a run's config comes from on the command line: `train` and `sweep` (its base) read it
+/// alike.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConfigArgs {
     /// Starting point: a paper's settings (the list below; the README's Presets table says what
     /// each sets). Default: cifar on a machine with a GPU, demo otherwise.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Preset::names()))]
@@ -25,6 +27,15 @@ pub struct TrainArgs {
     /// cifar100, stl10, image_folder.
     #[arg(long)]
     pub data: Option<String>,
+    /// Settings as field=value (dotted for the dataset: dataset.synthetic_train=2000).
+    #[arg(value_name = "FIELD=VALUE")]
+    pub overrides: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub base: ConfigArgs,
     /// Where checkpoints and the encoder go (default ./runs/<name or preset-timestamp>).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -41,9 +52,6 @@ pub struct TrainArgs {
     /// Print the effective config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
-    /// Settings as field=value (dotted for the dataset: dataset.synthetic_train=2000).
-    #[arg(value_name = "FIELD=VALUE")]
-    pub overrides: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -55,9 +63,9 @@ pub struct ExportArgs {
     pub out: PathBuf,
 }
 
-/// The config a `train` invocation asks for: preset, then the TOML file, then --data, then
+/// The config the command line asks for: preset, then the TOML file, then --data, then
 /// field=value overrides. Every error names its field.
-pub fn build_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
+pub fn build_config(args: &ConfigArgs) -> anyhow::Result<RunConfig> {
     let preset = match &args.preset {
         Some(name) => Preset::parse(name).ok_or_else(|| anyhow!("--preset: unknown {name:?}"))?,
         None => Preset::default_here(),
@@ -93,7 +101,7 @@ pub fn build_config(args: &TrainArgs) -> anyhow::Result<RunConfig> {
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let cfg = build_config(&args)?;
+    let cfg = build_config(&args.base)?;
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(ExitCode::SUCCESS);
@@ -212,7 +220,7 @@ pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Letters, digits, '-', '_' and '.', so a run name cannot steer the output path.
-fn sanitize_file_name(name: &str) -> String {
+pub(crate) fn sanitize_file_name(name: &str) -> String {
     let s: String = name
         .chars()
         .map(|c| {
@@ -237,7 +245,7 @@ impl Observer for JsonLines {
 }
 
 /// A terminal progress bar over all steps: epoch, step, loss, images/s and ETA.
-struct ProgressObserver {
+pub(crate) struct ProgressObserver {
     bar: ProgressBar,
     steps_per_epoch: i64,
 }
@@ -255,7 +263,7 @@ pub(crate) fn step_bar() -> ProgressBar {
 }
 
 impl ProgressObserver {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         ProgressObserver {
             bar: step_bar(),
             steps_per_epoch: 1,

@@ -1,5 +1,6 @@
 //! moco-server: Momentum Contrast training as a library, a CLI and an HTTP server.
 pub mod cli_data;
+pub mod cli_sweep;
 pub mod cli_train;
 pub mod config;
 pub mod data;
@@ -10,5 +11,6 @@ pub mod jobs;
 pub mod moco;
 pub mod rng;
 pub mod server;
+pub mod sweep;
 pub mod torch_ext;
 pub mod train;

@@ -47,6 +47,9 @@ enum Command {
     Doctor,
     /// Train headless with a progress bar (or --json lines); Ctrl-C saves a checkpoint.
     Train(moco_server::cli_train::TrainArgs),
+    /// Train a grid of runs (a base config with one or two fields varied, and seeds, or a
+    /// built-in recipe of the MoCo paper's ablations) one after another, then print the table.
+    Sweep(moco_server::cli_sweep::SweepArgs),
     /// Turn a full checkpoint into an encoder file with torchvision's keys.
     Export(moco_server::cli_train::ExportArgs),
     /// Evaluate a checkpoint or encoder: linear classification on frozen features, or kNN.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Doctor => doctor(),
         Command::Train(args) => moco_server::cli_train::train(args),
         Command::Export(args) => moco_server::cli_train::export(args),
+        Command::Sweep(args) => moco_server::cli_sweep::sweep(args),
         Command::Eval(args) => moco_server::eval::cli::eval(args),
         Command::Data(args) => moco_server::cli_data::data(args),
         Command::AugmentPreview(args) => moco_server::cli_data::augment_preview(args),

@@ -773,3 +773,96 @@ async fn a_linear_probe_queued_from_the_run_page_is_followed_live_to_its_result(
     );
     b.client.clone().close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_from_the_form_shows_its_plan_then_its_table_filling_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"));
+    let b = Browser::start().await;
+    b.cdp(
+        "Page.addScriptToEvaluateOnNewDocument",
+        serde_json::json!({ "source": STATE_RECORDER }),
+    )
+    .await;
+    b.goto(&server.at("/sweeps")).await;
+    b.client
+        .find(Locator::Css("#sweep-preset"))
+        .await
+        .unwrap()
+        .select_by_value("cifar")
+        .await
+        .unwrap();
+    fill(
+        &b,
+        &[
+            ("sweep-name", "browser-sweep"),
+            ("sweep-vary1-field", "temperature"),
+            ("sweep-vary1-values", "0.1, 0.2"),
+            ("sweep-seeds", "0,1"),
+        ],
+    )
+    .await;
+    // The tiny run's settings, one per line.
+    let overrides = "epochs=2\nwidth=8\nbatch_size=32\nqueue_size=256\nshuffle_bn_splits=2\n\
+                     image_size=16\ndataset.synthetic_train=64\ndataset.synthetic_test=32\n\
+                     dataset.synthetic_image_size=16\nknn_every=1\nknn_k=20\nmetrics_every=1\n\
+                     loader_threads=1\ndevice=cpu";
+    b.js(&format!(
+        "const t = document.getElementById('sweep-overrides'); t.value = {}; \
+         t.dispatchEvent(new Event('input', {{bubbles: true}}));",
+        serde_json::json!(overrides)
+    ))
+    .await;
+    // The plan follows the form: four runs and how long they take.
+    let plan = b
+        .wait_text("#sweep-plan", |t| t.starts_with("4 runs, about "))
+        .await;
+    assert!(plan.ends_with("one after another."), "{plan}");
+    b.screenshot_full("dashboard-30-sweep-form", 1280).await;
+    b.client
+        .find(Locator::Id("sweep-submit"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until("the sweep page", Duration::from_secs(30), || async {
+        let url = b.client.current_url().await.ok()?.to_string();
+        url.contains("/sweeps/").then_some(())
+    })
+    .await;
+    assert!(b.text("h1").await.starts_with("browser-sweep"));
+    // Live: the state and the table move without a reload until every member completed.
+    b.wait_until("the sweep to finish", Duration::from_secs(300), || async {
+        (text_of(&b, "#sweep-state").await == "finished").then_some(())
+    })
+    .await;
+    let outcomes = b
+        .js("return Array.from(document.querySelectorAll('#sweep-table [data-cell=outcome]')).map(c => c.textContent);")
+        .await;
+    assert_eq!(outcomes, serde_json::json!(["2 completed", "2 completed"]));
+    let best = b
+        .js("return Array.from(document.querySelectorAll('#sweep-table [data-cell=best]')).map(c => c.textContent);")
+        .await;
+    for cell in best.as_array().unwrap() {
+        assert!(cell.as_str().unwrap().contains(" ± "), "{best}");
+    }
+    // The members' kNN curves are drawn on one chart.
+    b.wait_until("the kNN chart", Duration::from_secs(10), || async {
+        let n = b
+            .js("return document.querySelectorAll('#knn-chart canvas').length;")
+            .await
+            .as_i64()?;
+        (n == 1).then_some(())
+    })
+    .await;
+    assert_no_script_errors(&b, "dashboard-31-sweep-finished").await;
+    b.screenshot_full("dashboard-31-sweep-finished", 1280).await;
+    let href = b
+        .js("return document.getElementById('csv-link').getAttribute('href');")
+        .await;
+    assert!(
+        href.as_str().unwrap().ends_with("/table?format=csv"),
+        "{href}"
+    );
+}

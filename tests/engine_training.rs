@@ -4,7 +4,9 @@ use moco_server::config::{Preset, ProbeConfig, Protocol, RunConfig};
 use moco_server::eval::linear::{run_probe, ProbeEvent, ProbeObserver, ProbeRequest};
 use moco_server::eval::{open_labelled, FrozenEncoder};
 use moco_server::moco::model::MocoModel;
-use moco_server::train::checkpoint::{export_encoder, read_safetensors, EncoderMetadata};
+use moco_server::train::checkpoint::{
+    export_encoder, read_safetensors, EncoderMetadata, NamedTensors,
+};
 use moco_server::train::events::{CheckpointKind, CollectingObserver, RunOutcome, TrainEvent};
 use moco_server::train::stop::StopFlag;
 use moco_server::train::{run_training, TrainRequest};
@@ -367,20 +369,69 @@ fn resume_continues_exactly() {
     };
     let (a, _) = read_safetensors(&last_full(&straight), Device::Cpu).unwrap();
     let (b, _) = read_safetensors(&last_full(&second), Device::Cpu).unwrap();
-    let find = |v: &[(String, tch::Tensor)], n: &str| {
-        v.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone()
-    };
     for name in [
         "encoder_q.conv1.weight",
         "encoder_k.layer4.1.bn2.running_var",
         "queue.keys",
     ] {
-        let diff = (find(&a, name) - find(&b, name))
+        let diff = (tensor(&a, name) - tensor(&b, name))
             .abs()
             .max()
             .double_value(&[]);
         assert!(diff < 1e-4, "{name} differs by {diff}");
     }
+}
+
+/// Trains `cfg` straight to `steps`, and again cancelled at `cancel_at` and resumed from that
+/// checkpoint; asserts the two see the same losses (1e-4: the same arithmetic in the same order)
+/// and returns the final full checkpoints' tensors (straight, resumed).
+fn full_states_after_a_resume(
+    cfg: &RunConfig,
+    steps: i64,
+    cancel_at: i64,
+) -> (NamedTensors, NamedTensors) {
+    let straight_dir = tempfile::tempdir().unwrap();
+    let (outcome, straight) = train(cfg, straight_dir.path(), None);
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step, .. } if step == steps),
+        "{outcome:?}"
+    );
+    let split_dir = tempfile::tempdir().unwrap();
+    let (outcome, first) = train_until(cfg, split_dir.path(), cancel_at);
+    assert_eq!(outcome, RunOutcome::Cancelled { step: cancel_at });
+    let full = |o: &CollectingObserver| {
+        o.checkpoints()
+            .filter(|c| c.kind == CheckpointKind::Full)
+            .last()
+            .unwrap()
+            .path
+            .clone()
+    };
+    let (outcome, second) = train(cfg, split_dir.path(), Some(&full(&first)));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step, .. } if step == steps),
+        "{outcome:?}"
+    );
+    let losses =
+        |o: &CollectingObserver| -> Vec<f64> { o.metrics().map(|m| m.values["loss"]).collect() };
+    let resumed: Vec<f64> = losses(&first).into_iter().chain(losses(&second)).collect();
+    assert_eq!(losses(&straight).len(), resumed.len());
+    for (a, b) in losses(&straight).iter().zip(&resumed) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    let (a, _) = read_safetensors(&full(&straight), Device::Cpu).unwrap();
+    let (b, _) = read_safetensors(&full(&second), Device::Cpu).unwrap();
+    (a, b)
+}
+
+/// The tensor called `name` in a checkpoint's list.
+fn tensor(tensors: &[(String, tch::Tensor)], name: &str) -> tch::Tensor {
+    tensors
+        .iter()
+        .find(|(k, _)| k == name)
+        .unwrap_or_else(|| panic!("no {name}"))
+        .1
+        .shallow_clone()
 }
 
 #[test]
@@ -598,52 +649,14 @@ fn a_v3_run_resumes_exactly_with_its_predictor_and_lars_state() {
         "head_hidden": 64, "dim": 32, "knn_every": 0, "metrics_every": 1, "warmup_epochs": 1,
         "checkpoint_every": 1, "dataset": {"synthetic_train": 128, "synthetic_test": 64}
     }));
-    let straight_dir = tempfile::tempdir().unwrap();
-    let (outcome, straight) = train(&cfg, straight_dir.path(), None);
-    assert!(
-        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
-        "{outcome:?}"
-    );
-    let split_dir = tempfile::tempdir().unwrap();
-    let (outcome, first) = train_until(&cfg, split_dir.path(), 4);
-    assert_eq!(outcome, RunOutcome::Cancelled { step: 4 });
-    let full = |o: &CollectingObserver| {
-        o.checkpoints()
-            .filter(|c| c.kind == CheckpointKind::Full)
-            .last()
-            .unwrap()
-            .path
-            .clone()
-    };
-    let (outcome, second) = train(&cfg, split_dir.path(), Some(&full(&first)));
-    assert!(
-        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
-        "{outcome:?}"
-    );
-    let losses =
-        |o: &CollectingObserver| -> Vec<f64> { o.metrics().map(|m| m.values["loss"]).collect() };
-    let resumed: Vec<f64> = losses(&first).into_iter().chain(losses(&second)).collect();
-    let straight_losses = losses(&straight);
-    assert_eq!(straight_losses.len(), resumed.len());
-    for (a, b) in straight_losses.iter().zip(&resumed) {
-        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-    }
-    let (a, _) = read_safetensors(&full(&straight), Device::Cpu).unwrap();
-    let (b, _) = read_safetensors(&full(&second), Device::Cpu).unwrap();
-    let find = |v: &[(String, tch::Tensor)], n: &str| {
-        v.iter()
-            .find(|(k, _)| k == n)
-            .unwrap_or_else(|| panic!("no {n}"))
-            .1
-            .shallow_clone()
-    };
+    let (a, b) = full_states_after_a_resume(&cfg, 8, 4);
     for name in [
         "encoder_q.predictor.0.weight",
         "encoder_q.fc.1.running_var",
         "encoder_k.fc.3.weight",
         "optimizer.momentum_buffer",
     ] {
-        let diff = (find(&a, name) - find(&b, name))
+        let diff = (tensor(&a, name) - tensor(&b, name))
             .abs()
             .max()
             .double_value(&[]);
@@ -663,44 +676,11 @@ fn a_memory_bank_run_resumes_exactly_with_its_bank_and_end_to_end_trains_without
         "collapse_threshold": 0.9999
     });
     let cfg = tiny(base.clone());
-    let straight_dir = tempfile::tempdir().unwrap();
-    let (outcome, straight) = train(&cfg, straight_dir.path(), None);
-    assert!(
-        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
-        "{outcome:?}"
+    let (straight, resumed) = full_states_after_a_resume(&cfg, 8, 4);
+    let (a, b) = (
+        tensor(&straight, "memory_bank"),
+        tensor(&resumed, "memory_bank"),
     );
-    let split_dir = tempfile::tempdir().unwrap();
-    let (outcome, first) = train_until(&cfg, split_dir.path(), 4);
-    assert_eq!(outcome, RunOutcome::Cancelled { step: 4 });
-    let full = |o: &CollectingObserver| {
-        o.checkpoints()
-            .filter(|c| c.kind == CheckpointKind::Full)
-            .last()
-            .unwrap()
-            .path
-            .clone()
-    };
-    let (outcome, second) = train(&cfg, split_dir.path(), Some(&full(&first)));
-    assert!(
-        matches!(outcome, RunOutcome::Completed { step: 8, .. }),
-        "{outcome:?}"
-    );
-    let losses =
-        |o: &CollectingObserver| -> Vec<f64> { o.metrics().map(|m| m.values["loss"]).collect() };
-    let resumed: Vec<f64> = losses(&first).into_iter().chain(losses(&second)).collect();
-    assert_eq!(losses(&straight).len(), resumed.len());
-    for (a, b) in losses(&straight).iter().zip(&resumed) {
-        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
-    }
-    let bank = |path: &Path| {
-        let (tensors, _) = read_safetensors(path, Device::Cpu).unwrap();
-        tensors
-            .into_iter()
-            .find(|(name, _)| name == "memory_bank")
-            .expect("the full checkpoint holds the memory bank")
-            .1
-    };
-    let (a, b) = (bank(&full(&straight)), bank(&full(&second)));
     assert_eq!(a.size(), vec![128, 16], "one entry per training image");
     let diff = (&a - &b).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "the banks differ by {diff}");

@@ -333,6 +333,10 @@ async fn changes_need_the_token_when_one_is_set() {
         "/evals/encoders",
         "/evals/1/cancel",
         "/runs/1/evaluate",
+        "/sweeps",
+        "/sweeps/plan",
+        "/sweeps/1/cancel",
+        "/sweeps/1/resume",
     ] {
         let resp = server.client.post(server.at(form)).send().await.unwrap();
         assert_eq!(resp.status(), 401, "{form}");

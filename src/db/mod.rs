@@ -5,6 +5,7 @@ pub mod evaluations;
 pub mod events;
 pub mod metrics;
 pub mod runs;
+pub mod sweeps;
 
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

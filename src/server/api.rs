@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .route("/openapi.json", get(openapi_doc))
         .route("/login", post(login))
         .merge(super::evals_api::routes())
+        .merge(super::sweeps_api::routes())
         .merge(super::encoders::routes())
         .fallback(not_found)
 }

@@ -99,9 +99,9 @@ impl From<tokio::task::JoinError> for WebError {
 impl From<SchedulerError> for WebError {
     fn from(e: SchedulerError) -> WebError {
         match e {
-            SchedulerError::NotFound(_) | SchedulerError::NoEval(_) => {
-                WebError::NotFound(e.to_string())
-            }
+            SchedulerError::NotFound(_)
+            | SchedulerError::NoEval(_)
+            | SchedulerError::NoSweep(_) => WebError::NotFound(e.to_string()),
             SchedulerError::Conflict(m) => WebError::Conflict(m),
             SchedulerError::Invalid(errors) => WebError::invalid(errors),
             SchedulerError::Internal(e) => WebError::internal(e),
@@ -167,4 +167,9 @@ path_id!(
     /// The `{id}` of an evaluation's route.
     EvalId,
     "evaluation"
+);
+path_id!(
+    /// The `{id}` of a sweep's route.
+    SweepId,
+    "sweep"
 );

@@ -24,7 +24,14 @@ pub struct RunEstimate {
 /// Err: the config is invalid, or its dataset is not in the data directory (each error names its
 /// field), so nothing can be estimated.
 pub async fn for_config(state: &AppState, doc: &Value) -> Result<RunEstimate, Vec<FieldError>> {
-    let cfg = RunConfig::from_partial_json(doc, Preset::Cifar)?;
+    for_run_config(state, RunConfig::from_partial_json(doc, Preset::Cifar)?).await
+}
+
+/// The estimate for a validated config.
+pub async fn for_run_config(
+    state: &AppState,
+    cfg: RunConfig,
+) -> Result<RunEstimate, Vec<FieldError>> {
     let (train_images, test_images) = dataset_size(state, &cfg).await?;
     let device = parse_device(&cfg.device)
         .ok_or_else(|| vec![FieldError::new("device", "must be auto, cpu or cuda:N")])?

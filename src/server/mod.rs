@@ -36,6 +36,7 @@ pub mod fetch_jobs;
 pub mod openapi;
 pub mod pages;
 pub mod prometheus;
+pub mod sweeps_api;
 
 /// Largest request body accepted (configs and forms are a few KiB).
 pub const BODY_LIMIT: usize = 1024 * 1024;

@@ -3,7 +3,7 @@ use crate::db::runs::{RunSort, RunSummary};
 use serde_json::{json, Value};
 
 /// Every path the API serves (the test suite checks the document lists exactly these).
-pub const PATHS: [&str; 26] = [
+pub const PATHS: [&str; 33] = [
     "/api/runs",
     "/api/runs/{id}",
     "/api/runs/{id}/cancel",
@@ -29,6 +29,13 @@ pub const PATHS: [&str; 26] = [
     "/api/evals/{id}/restart",
     "/api/encoders",
     "/api/encoders/{name}",
+    "/api/sweeps",
+    "/api/sweeps/plan",
+    "/api/sweeps/{id}",
+    "/api/sweeps/{id}/table",
+    "/api/sweeps/{id}/cancel",
+    "/api/sweeps/{id}/resume",
+    "/api/sweep-recipes",
     "/metrics",
 ];
 
@@ -61,6 +68,98 @@ fn run_and_config() -> Value {
 
 fn run_only() -> Value {
     json!({"type": "object", "required": ["run"], "properties": {"run": schema("RunSummary")}})
+}
+
+/// The sweeps' paths (apart from the rest: one `json!` of every path is too deep a macro).
+fn sweep_paths() -> Value {
+    let sweep_id = id_param("id", "sweep id");
+    json!({
+        "/api/sweeps": {
+            "get": {
+                "summary": "List sweeps, newest first, each with its state read from its members",
+                "responses": {"200": json_response("the sweeps", json!({"type": "object", "properties": {"sweeps": {"type": "array", "items": schema("SweepSummary")}}}))}
+            },
+            "post": mutating(json!({
+                "summary": "Create a sweep: a base config and a grid (or a built-in recipe), each grid point queued as an ordinary run",
+                "description": "Every member is checked before anything is stored; an invalid one is named `members[i].field` with its values in the message.",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("SweepSpec"),
+                    "example": {"name": "momentum", "base": {"preset": "demo", "epochs": 2},
+                        "vary": [{"field": "momentum", "values": [0, 0.9, 0.99]}, {"field": "seed", "values": [0, 1]}]}}}},
+                "responses": {
+                    "201": json_response("queued", sweep_detail()),
+                    "400": json_response("the body is not JSON", schema("FieldErrors")),
+                    "422": json_response("invalid: every bad field named; nothing stored", schema("FieldErrors")),
+                }
+            }))
+        },
+        "/api/sweeps/plan": {
+            "post": mutating(json!({
+                "summary": "What a sweep would be, stored nowhere: its members, the grid points a recipe leaves out and the estimated duration",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema("SweepSpec")}}},
+                "responses": {
+                    "200": json_response("the plan", json!({"type": "object", "properties": {
+                        "name": {"type": "string"}, "runs": {"type": "integer"},
+                        "members": {"type": "array", "items": {"type": "string"}},
+                        "skipped": {"type": "array", "items": {"type": "string"}},
+                        "estimate_seconds": {"type": "number"}, "text": {"type": "string"}}})),
+                    "422": json_response("invalid: every bad field named", schema("FieldErrors")),
+                }
+            }))
+        },
+        "/api/sweeps/{id}": {
+            "get": {
+                "summary": "A sweep with its members and the table of its grid (seeds folded into mean ± spread)",
+                "parameters": [sweep_id.clone()],
+                "responses": {"200": json_response("the sweep", sweep_detail()), "404": error("no such sweep")}
+            },
+            "delete": mutating(json!({
+                "summary": "Delete a sweep with its member runs and their files",
+                "parameters": [sweep_id.clone()],
+                "responses": {"204": {"description": "deleted"}, "404": error("no such sweep"), "409": error("a member is running")}
+            }))
+        },
+        "/api/sweeps/{id}/table": {
+            "get": {
+                "summary": "The sweep's table as a file",
+                "parameters": [sweep_id.clone(), query("format", "csv (default) or md", json!({"type": "string", "enum": ["csv", "md"]}))],
+                "responses": {"200": {"description": "the table", "content": {"text/csv": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}}}},
+                    "400": error("an unknown format"), "404": error("no such sweep")}
+            }
+        },
+        "/api/sweeps/{id}/cancel": {
+            "post": mutating(json!({
+                "summary": "Cancel every member still to finish; completed and failed members keep their results",
+                "parameters": [sweep_id.clone()],
+                "responses": {"200": json_response("cancelled", json!({"type": "object", "properties": {"sweep": schema("SweepSummary")}})), "404": error("no such sweep")}
+            }))
+        },
+        "/api/sweeps/{id}/resume": {
+            "post": mutating(json!({
+                "summary": "Queue the cancelled and interrupted members again, each from its latest checkpoint; failed members stay failed (a failure is a result)",
+                "parameters": [sweep_id],
+                "responses": {"200": json_response("queued", json!({"type": "object", "properties": {"sweep": schema("SweepSummary")}})),
+                    "404": error("no such sweep"), "409": error("no member to resume")}
+            }))
+        },
+        "/api/sweep-recipes": {
+            "get": {
+                "summary": "The built-in sweeps mirroring the MoCo paper's ablations, with the paper's figures",
+                "responses": {"200": json_response("the recipes", json!({"type": "object", "properties": {"recipes": {"type": "array", "items": {"type": "object"}}, "paper_source": {"type": "string"}}}))}
+            }
+        }
+    })
+}
+
+fn sweep_detail() -> Value {
+    json!({"type": "object", "properties": {
+        "sweep": schema("SweepSummary"), "spec": schema("SweepSpec"),
+        "members": {"type": "array", "items": {"type": "object", "properties": {
+            "position": {"type": "integer"}, "values": {"type": "object"}, "label": {"type": "string"},
+            "outcome": {"type": "string", "description": "the run's state; a failure names its kind (failed: collapsed)"},
+            "negatives": {"type": "integer", "description": "K, the negatives per query"},
+            "linear_top1": {"type": ["number", "null"]}, "run": schema("RunSummary")}}},
+        "rows": {"type": "array", "items": {"type": "object", "description": "one grid point with its seeds folded: mean and spread of best and final kNN and linear top-1, the paper's figure"}},
+        "paper_source": {"type": ["string", "null"]}}})
 }
 
 fn mutating(mut op: Value) -> Value {
@@ -372,6 +471,11 @@ pub fn document() -> Value {
             }
         },
     });
+    let mut paths = paths;
+    paths
+        .as_object_mut()
+        .expect("the paths are an object")
+        .extend(sweep_paths().as_object().expect("an object").clone());
     let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
@@ -431,6 +535,8 @@ pub fn document() -> Value {
     generator.subschema_for::<crate::db::evals::EvalSummary>();
     generator.subschema_for::<crate::db::evals::EvalEpoch>();
     generator.subschema_for::<crate::jobs::EvalRequest>();
+    generator.subschema_for::<crate::sweep::SweepSpec>();
+    generator.subschema_for::<crate::db::sweeps::SweepSummary>();
     schemas.extend(generator.take_definitions(true));
     doc
 }

@@ -26,6 +26,7 @@ mod login;
 mod new_run;
 mod run_page;
 mod runs;
+mod sweeps;
 mod view;
 
 pub fn routes() -> Router<AppState> {
@@ -45,6 +46,11 @@ pub fn routes() -> Router<AppState> {
         .route("/evals/{id}", get(evals::page))
         .route("/evals/{id}/cancel", post(evals::cancel))
         .route("/evals/{id}/restart", post(evals::restart))
+        .route("/sweeps", get(sweeps::list_page).post(sweeps::submit))
+        .route("/sweeps/plan", post(sweeps::plan))
+        .route("/sweeps/{id}", get(sweeps::page))
+        .route("/sweeps/{id}/cancel", post(sweeps::cancel))
+        .route("/sweeps/{id}/resume", post(sweeps::resume))
         .route("/compare", get(compare::page))
         .route("/datasets", get(datasets::page))
         .route("/datasets/downloads", post(datasets::start))
@@ -64,7 +70,7 @@ pub use format::bytes as format_bytes;
 
 /// What the base layout needs from every page.
 pub struct Layout {
-    /// The navigation entry shown as current: "runs", "new", "evals", "datasets" or "".
+    /// The navigation entry shown as current: "runs", "new", "evals", "sweeps", "datasets" or "".
     pub nav: &'static str,
     pub version: &'static str,
     /// The server wants its access token for changes and this browser has not given it: the

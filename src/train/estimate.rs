@@ -36,14 +36,19 @@ pub struct Estimate {
 impl Estimate {
     /// "about 4 min", "about 2 h 10 min".
     pub fn duration_text(&self) -> String {
-        let s = self.seconds.max(0.0).round() as u64;
-        match s {
-            0..=59 => format!("about {s} s"),
-            60..=3599 => format!("about {} min", (s + 30) / 60),
-            _ => {
-                let minutes = (s + 30) / 60;
-                format!("about {} h {} min", minutes / 60, minutes % 60)
-            }
+        duration_words(self.seconds)
+    }
+}
+
+/// "about 42 s", "about 4 min", "about 2 h 5 min".
+pub fn duration_words(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("about {s} s"),
+        60..=3599 => format!("about {} min", (s + 30) / 60),
+        _ => {
+            let minutes = (s + 30) / 60;
+            format!("about {} h {} min", minutes / 60, minutes % 60)
         }
     }
 }

@@ -266,6 +266,17 @@ pub async fn count_by_state(pool: &SqlitePool) -> anyhow::Result<Vec<(RunState, 
 /// becomes "run-<id>". Returns the id.
 pub async fn insert(pool: &SqlitePool, config: &RunConfig, device: &str) -> anyhow::Result<i64> {
     let mut tx = pool.begin().await?;
+    let id = insert_in(&mut tx, config, device).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// `insert` inside the caller's transaction (a sweep stores all its members in one).
+pub async fn insert_in(
+    tx: &mut SqliteConnection,
+    config: &RunConfig,
+    device: &str,
+) -> anyhow::Result<i64> {
     let mut stored = config.clone();
     stored.device = device.to_string();
     let id = sqlx::query(
@@ -293,7 +304,6 @@ pub async fn insert(pool: &SqlitePool, config: &RunConfig, device: &str) -> anyh
             .execute(&mut *tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(id)
 }
 

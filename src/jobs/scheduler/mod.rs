@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 
 mod actions;
 mod evals;
+mod sweeps;
 
 pub use evals::{CreatedEval, EvalRequest, EvalSource};
 
@@ -50,6 +51,8 @@ pub enum SchedulerError {
     NotFound(i64),
     #[error("there is no evaluation {0}")]
     NoEval(i64),
+    #[error("there is no sweep {0}")]
+    NoSweep(i64),
     /// The run's state does not allow it (the sentence says why).
     #[error("{0}")]
     Conflict(String),

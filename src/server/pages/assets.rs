@@ -38,6 +38,8 @@ static ASSETS: &[Asset] = &[
     asset!("run.js", JS),
     asset!("compare.js", JS),
     asset!("eval.js", JS),
+    asset!("sweep.js", JS),
+    asset!("sweeps.js", JS),
     asset!("datasets.js", JS),
     asset!("login.js", JS),
     asset!("favicon.svg", "image/svg+xml"),

@@ -246,6 +246,36 @@ pub async fn augment_preview_png(
     Ok(png)
 }
 
+/// 303 See Other to `location`: where a form post sends the browser when it worked.
+pub fn see_other(location: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::SEE_OTHER,
+        [(axum::http::header::LOCATION, location)],
+    )
+        .into_response()
+}
+
+/// After an action form (cancel, resume, restart): 303 to `done` when the scheduler did it, or
+/// the page again from `refused` with the reason it refused, capitalised (a 409 page); any other
+/// error is the error page.
+pub async fn after_action<T, Page>(
+    result: Result<T, jobs::SchedulerError>,
+    done: String,
+    refused: impl FnOnce(String) -> Page,
+) -> Result<axum::response::Response, crate::server::error::WebError>
+where
+    Page: std::future::Future<
+        Output = Result<axum::response::Response, crate::server::error::WebError>,
+    >,
+{
+    match result {
+        Ok(_) => Ok(see_other(done)),
+        Err(jobs::SchedulerError::Conflict(problem)) => refused(capitalised(&problem)).await,
+        Err(other) => Err(other.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

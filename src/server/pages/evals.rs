@@ -11,8 +11,8 @@ use crate::server::error::{EvalId, WebError};
 use crate::server::AppState;
 use askama::Template;
 use axum::extract::{Multipart, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -289,10 +289,6 @@ fn form_errors(error: SchedulerError) -> Result<Vec<FieldError>, WebError> {
     }
 }
 
-fn see_other(location: String) -> Response {
-    (StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response()
-}
-
 #[derive(Template)]
 #[template(path = "evals.html")]
 struct EvalsPage {
@@ -367,7 +363,7 @@ pub async fn submit(
         .create_eval(&request_from_form(&values, source))
         .await
     {
-        Ok(created) => Ok(see_other(format!("/evals/{}", created.eval.id))),
+        Ok(created) => Ok(backend::see_other(format!("/evals/{}", created.eval.id))),
         Err(e) => {
             let errors = form_errors(e)?;
             let form = EvalFormView::for_files(&state, &values, errors).await?;
@@ -402,7 +398,7 @@ pub async fn evaluate_run(
         .create_eval(&request_from_form(&values, source))
         .await
     {
-        Ok(created) => Ok(see_other(format!("/evals/{}", created.eval.id))),
+        Ok(created) => Ok(backend::see_other(format!("/evals/{}", created.eval.id))),
         Err(e) => {
             let errors = form_errors(e)?;
             let form = EvalFormView::for_run(state, run_id, &values, errors).await?;
@@ -443,7 +439,7 @@ pub async fn upload(
         };
     };
     match outcome {
-        Ok(stored) => Ok(see_other(format!(
+        Ok(stored) => Ok(backend::see_other(format!(
             "/evals?uploaded={}",
             urlencode(&stored.path)
         ))),
@@ -617,14 +613,10 @@ async fn after_action(
     done: &str,
     result: Result<EvalSummary, SchedulerError>,
 ) -> Result<Response, WebError> {
-    match result {
-        Ok(_) => Ok(see_other(format!("/evals/{id}?done={done}"))),
-        Err(SchedulerError::Conflict(problem)) => {
-            let problem = backend::capitalised(&problem);
-            render_eval(state, headers, id, problem, true, StatusCode::CONFLICT).await
-        }
-        Err(other) => Err(other.into()),
-    }
+    backend::after_action(result, format!("/evals/{id}?done={done}"), |problem| {
+        render_eval(state, headers, id, problem, true, StatusCode::CONFLICT)
+    })
+    .await
 }
 
 /// POST /evals/{id}/cancel

@@ -328,8 +328,8 @@ async fn render_page(
     Ok(render(status, &page))
 }
 
-/// After a cancel or resume form: 303 back to the run with `done` for its flash, or the run
-/// page with the reason the scheduler refused (409).
+/// After a cancel or resume form: back to the run with `done` for its flash, or the run page
+/// with the reason the scheduler refused.
 async fn after_action(
     state: &AppState,
     headers: &HeaderMap,
@@ -337,27 +337,18 @@ async fn after_action(
     done: &str,
     result: Result<RunSummary, SchedulerError>,
 ) -> Result<Response, WebError> {
-    match result {
-        Ok(_) => Ok((
-            StatusCode::SEE_OTHER,
-            [(header::LOCATION, format!("/runs/{id}?done={done}"))],
+    backend::after_action(result, format!("/runs/{id}?done={done}"), |problem| {
+        render_page(
+            state,
+            headers,
+            id,
+            problem,
+            true,
+            StatusCode::CONFLICT,
+            None,
         )
-            .into_response()),
-        Err(SchedulerError::Conflict(problem)) => {
-            let problem = backend::capitalised(&problem);
-            render_page(
-                state,
-                headers,
-                id,
-                problem,
-                true,
-                StatusCode::CONFLICT,
-                None,
-            )
-            .await
-        }
-        Err(other) => Err(other.into()),
-    }
+    })
+    .await
 }
 
 /// POST /runs/{id}/cancel
