@@ -2,15 +2,16 @@
 //! the same step in PyTorch (benches/py/moco_reference.py, the official code's order), on random
 //! 32×32 inputs. Prints milliseconds per step (on the CPU the fastest step of two alternating
 //! rounds per side) and the ratio engine / PyTorch (lower is better): for the moco framework
-//! (the cifar preset's step: queue of 4096, split BN 8, SGD) and for MoCo v3's step (the v3-cifar
-//! preset: projector and predictor with 4096 hidden units, in-batch keys, LARS).
+//! (the cifar preset's step: queue of 4096, split BN 8, SGD), for MoCo v3's step (the v3-cifar
+//! preset: projector and predictor with 4096 hidden units, in-batch keys, LARS) and for MoCo v3's
+//! ViT-S/16 step at 224×224 (the v3-vit-s preset: AdamW, frozen patch projection).
 //!
 //! On the CPU both sides compute in fp32. With a CUDA device a second table runs both sides as
 //! each is used there: the engine with its defaults (bf16 autocast where the GPU has it, fp16 with
 //! loss scaling otherwise, channels_last), PyTorch with torch.autocast, GradScaler for fp16 and
 //! the model in channels_last. It adds images/s and the share of each step during which no
 //! kernel ran on the device (launch overhead, host work), from libtorch's profiler.
-use moco_server::config::{Choice, Framework, Precision, Preset, RunConfig};
+use moco_server::config::{Precision, Preset, RunConfig};
 use moco_server::moco::model::MocoModel;
 use moco_server::torch_ext::{AutocastGuard, DeviceProfile, ReducedPrecision};
 use moco_server::train::device::{precision_label, reduced_precision};
@@ -27,7 +28,7 @@ use tch::{Device, Kind, Tensor};
 mod python_support;
 use python_support::python;
 
-/// Set in the child process that times the engine: "framework width batch steps device".
+/// Set in the child process that times the engine: "step width batch steps device".
 const CHILD_ENV: &str = "MOCO_BENCH_ENGINE_STEP";
 
 /// Steps profiled on a CUDA device to measure the device's busy time.
@@ -55,38 +56,124 @@ fn sync(device: Device) {
     }
 }
 
-/// The step each side times: the cifar preset's (moco) or the v3-cifar preset's (v3), at a
-/// width and batch.
-fn bench_config(framework: Framework, width: i64, batch: i64) -> RunConfig {
-    let overrides = [("width", Value::from(width)), ("batch_size", batch.into())];
-    match framework {
-        Framework::Moco => RunConfig::preset(Preset::Cifar).with_overrides(
-            overrides
-                .into_iter()
-                .chain([("queue_size", 4096.into()), ("shuffle_bn_splits", 8.into())]),
-        ),
-        Framework::V3 => RunConfig::preset(Preset::V3Cifar).with_overrides(overrides),
+/// The steps each side times.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// The cifar preset's, with K = 4096 and split BN 8.
+    Moco,
+    /// The v3-cifar preset's.
+    V3,
+    /// The v3-vit-s preset's: ViT-S/16 on 224×224 crops.
+    V3VitS,
+}
+
+impl Step {
+    const ALL: [Step; 3] = [Step::Moco, Step::V3, Step::V3VitS];
+
+    fn name(self) -> &'static str {
+        match self {
+            Step::Moco => "moco",
+            Step::V3 => "v3",
+            Step::V3VitS => "v3-vit-s",
+        }
     }
-    .expect("bench config is valid")
+
+    fn parse(name: &str) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// What the tables' titles say of it.
+    fn title(self) -> &'static str {
+        match self {
+            Step::Moco => "MoCo step, ResNet-18 CIFAR stem, K=4096, split BN 8, SGD, 32×32",
+            Step::V3 => {
+                "MoCo v3 step, ResNet-18 CIFAR stem, projector and predictor 4096 wide, LARS, 32×32"
+            }
+            Step::V3VitS => {
+                "MoCo v3 step, ViT-S/16 (patch projection frozen), projector 3 and predictor 2 \
+                 layers 4096 wide, AdamW, 224×224"
+            }
+        }
+    }
+
+    /// The side of the square inputs.
+    fn image_size(self) -> i64 {
+        match self {
+            Step::V3VitS => 224,
+            _ => 32,
+        }
+    }
+
+    /// (width, batch, timed steps) of its rows; a ViT has no width (0). A ViT-S step at 224 on
+    /// a CPU takes seconds: one small batch.
+    fn shapes(self) -> &'static [(i64, i64, usize)] {
+        match self {
+            Step::V3VitS => &[(0, 8, 2)],
+            _ => &SHAPES,
+        }
+    }
+
+    /// The GPU table's rows: the CPU's, and ViT-S at the batches a GPU trains it with.
+    fn cuda_shapes(self) -> &'static [(i64, i64, usize)] {
+        match self {
+            Step::V3VitS => &[(0, 64, 0), (0, 256, 0)],
+            _ => &SHAPES,
+        }
+    }
+
+    /// The engine's config at a width and batch.
+    fn config(self, width: i64, batch: i64) -> RunConfig {
+        let batch = [("batch_size", Value::from(batch))];
+        match self {
+            Step::Moco => {
+                RunConfig::preset(Preset::Cifar).with_overrides(batch.into_iter().chain([
+                    ("width", width.into()),
+                    ("queue_size", 4096.into()),
+                    ("shuffle_bn_splits", 8.into()),
+                ]))
+            }
+            Step::V3 => RunConfig::preset(Preset::V3Cifar)
+                .with_overrides(batch.into_iter().chain([("width", width.into())])),
+            Step::V3VitS => RunConfig::preset(Preset::V3VitS).with_overrides(batch),
+        }
+        .expect("bench config is valid")
+    }
+
+    /// The reference script's arguments for the same step.
+    fn python_args(self) -> Vec<&'static str> {
+        match self {
+            Step::Moco => vec!["--framework", "moco"],
+            Step::V3 => vec!["--framework", "v3"],
+            Step::V3VitS => vec![
+                "--framework",
+                "v3",
+                "--arch",
+                "vit_small",
+                "--image-size",
+                "224",
+            ],
+        }
+    }
 }
 
 fn engine_step_timing(
-    framework: Framework,
+    kind: Step,
     width: i64,
     batch: i64,
     steps: usize,
     device: Device,
     precision: Option<ReducedPrecision>,
 ) -> Timing {
-    let cfg = bench_config(framework, width, batch);
+    let cfg = kind.config(width, batch);
+    let side = kind.image_size();
     tch::manual_seed(0);
     let mut model = MocoModel::new(&cfg, device);
     let mut optimizer = FlatOptimizer::for_run(&model.query.store, &cfg);
     if precision == Some(ReducedPrecision::Fp16) {
         optimizer = optimizer.with_loss_scaling();
     }
-    let x1 = Tensor::randn([batch, 3, 32, 32], (Kind::Float, device));
-    let x2 = Tensor::randn([batch, 3, 32, 32], (Kind::Float, device));
+    let x1 = Tensor::randn([batch, 3, side, side], (Kind::Float, device));
+    let x2 = Tensor::randn([batch, 3, side, side], (Kind::Float, device));
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut step = |i: i64| {
         let out = {
@@ -146,7 +233,7 @@ fn engine_step_timing(
 /// Times the engine in a fresh process, as the PyTorch side is: a process that already trained
 /// other shapes has a different allocator state, which alone moved results by 10%.
 fn engine_step_timing_in_child(
-    framework: Framework,
+    kind: Step,
     width: i64,
     batch: i64,
     steps: usize,
@@ -158,7 +245,7 @@ fn engine_step_timing_in_child(
     };
     timing_from(Command::new(std::env::current_exe().ok()?).env(
         CHILD_ENV,
-        format!("{} {width} {batch} {steps} {device_arg}", framework.name()),
+        format!("{} {width} {batch} {steps} {device_arg}", kind.name()),
     ))
 }
 
@@ -180,10 +267,10 @@ fn timing_from(command: &mut Command) -> Option<Timing> {
 /// The child's side of `engine_step_timing_in_child`: one timing, as JSON on stdout.
 fn run_child(spec: &str) {
     let parts: Vec<&str> = spec.split(' ').collect();
-    let [framework, width, batch, steps, device] = parts[..] else {
-        panic!("{CHILD_ENV} is \"framework width batch steps device\", got {spec:?}");
+    let [kind, width, batch, steps, device] = parts[..] else {
+        panic!("{CHILD_ENV} is \"step width batch steps device\", got {spec:?}");
     };
-    let framework = Framework::parse(framework).expect("a framework");
+    let kind = Step::parse(kind).expect("a step");
     let device = match device.strip_prefix("cuda:") {
         Some(i) => Device::Cuda(i.parse().expect("a CUDA index")),
         None => Device::Cpu,
@@ -193,7 +280,7 @@ fn run_child(spec: &str) {
     }
     let precision = reduced_precision(Precision::Auto, device).expect("auto precision resolves");
     let t = engine_step_timing(
-        framework,
+        kind,
         width.parse().expect("width"),
         batch.parse().expect("batch"),
         steps.parse().expect("steps"),
@@ -207,7 +294,7 @@ fn run_child(spec: &str) {
 }
 
 fn pytorch_step_timing(
-    framework: Framework,
+    kind: Step,
     width: i64,
     batch: i64,
     steps: usize,
@@ -217,7 +304,8 @@ fn pytorch_step_timing(
     let mut command = Command::new(python());
     command
         .arg(reference_script())
-        .args(["bench", "--framework", framework.name()])
+        .arg("bench")
+        .args(kind.python_args())
         .args(["--width", &width.to_string()])
         .args(["--batch", &batch.to_string(), "--steps", &steps.to_string()])
         .args(["--splits", "8", "--queue-size", "4096"])
@@ -241,49 +329,46 @@ fn pytorch_step_timing(
 const SHAPES: [(i64, i64, usize); 4] = [(16, 64, 10), (16, 256, 5), (64, 64, 5), (64, 256, 3)];
 const CPU_ROUNDS: usize = 2;
 
-/// What the tables' titles say of each framework's step.
-fn step_title(framework: Framework) -> &'static str {
-    match framework {
-        Framework::Moco => "MoCo step, ResNet-18 CIFAR stem, K=4096, split BN 8, SGD",
-        Framework::V3 => {
-            "MoCo v3 step, ResNet-18 CIFAR stem, projector and predictor 4096 wide, LARS"
-        }
+/// A row's width: the ResNet's, or a dash for a ViT.
+fn width_label(width: i64) -> String {
+    if width > 0 {
+        width.to_string()
+    } else {
+        "—".into()
     }
 }
 
-fn cpu_table(framework: Framework) {
+fn cpu_table(kind: Step) {
     println!(
-        "{}, 32×32, CPU fp32, threads {}",
-        step_title(framework),
+        "{}, CPU fp32, threads {}",
+        kind.title(),
         tch::get_num_threads()
     );
     println!(
         "{:>6} {:>6} {:>14} {:>14} {:>8}",
         "width", "batch", "engine ms", "pytorch ms", "ratio"
     );
-    for (width, batch, steps) in SHAPES {
+    for &(width, batch, steps) in kind.shapes() {
         // Two rounds, alternating the sides, each keeping its fastest step: a shared machine's
         // background work otherwise lands on whichever side happens to run at the time.
         let mut engine = f64::INFINITY;
         let mut reference: Option<f64> = None;
         for _ in 0..CPU_ROUNDS {
-            if let Some(e) =
-                engine_step_timing_in_child(framework, width, batch, steps, Device::Cpu)
-            {
+            if let Some(e) = engine_step_timing_in_child(kind, width, batch, steps, Device::Cpu) {
                 engine = engine.min(e.ms_per_step);
             }
-            if let Some(r) = pytorch_step_timing(framework, width, batch, steps, Device::Cpu, None)
-            {
+            if let Some(r) = pytorch_step_timing(kind, width, batch, steps, Device::Cpu, None) {
                 reference = Some(reference.map_or(r.ms_per_step, |best| best.min(r.ms_per_step)));
             }
         }
+        let label = width_label(width);
         match reference {
             Some(reference) => println!(
-                "{width:>6} {batch:>6} {engine:>14.1} {reference:>14.1} {:>8.3}",
+                "{label:>6} {batch:>6} {engine:>14.1} {reference:>14.1} {:>8.3}",
                 engine / reference
             ),
             None => println!(
-                "{width:>6} {batch:>6} {engine:>14.1} {:>14} {:>8}",
+                "{label:>6} {batch:>6} {engine:>14.1} {:>14} {:>8}",
                 "n/a", "n/a"
             ),
         }
@@ -301,14 +386,11 @@ fn idle_share(t: &Timing) -> String {
     }
 }
 
-fn cuda_table(device: Device, framework: Framework) {
+fn cuda_table(device: Device, kind: Step) {
     let precision = reduced_precision(Precision::Auto, device).expect("auto precision resolves");
     let name = precision_label(precision);
     println!();
-    println!(
-        "{} on {device:?}, {name}, channels_last",
-        step_title(framework)
-    );
+    println!("{} on {device:?}, {name}, channels_last", kind.title());
     println!(
         "{:>6} {:>6} {:>11} {:>11} {:>7} {:>12} {:>12} {:>12} {:>12}",
         "width",
@@ -321,17 +403,17 @@ fn cuda_table(device: Device, framework: Framework) {
         "engine idle",
         "torch idle"
     );
-    for (width, batch, _) in SHAPES {
+    for &(width, batch, _) in kind.cuda_shapes() {
         let steps = 30;
-        let Some(engine) = engine_step_timing_in_child(framework, width, batch, steps, device)
-        else {
-            println!("{width:>6} {batch:>6} engine failed");
+        let label = width_label(width);
+        let Some(engine) = engine_step_timing_in_child(kind, width, batch, steps, device) else {
+            println!("{label:>6} {batch:>6} engine failed");
             continue;
         };
         let images = |t: &Timing| batch as f64 * 1000.0 / t.ms_per_step;
-        match pytorch_step_timing(framework, width, batch, steps, device, precision) {
+        match pytorch_step_timing(kind, width, batch, steps, device, precision) {
             Some(reference) => println!(
-                "{width:>6} {batch:>6} {:>11.2} {:>11.2} {:>7.3} {:>12.0} {:>12.0} {:>12} {:>12}",
+                "{label:>6} {batch:>6} {:>11.2} {:>11.2} {:>7.3} {:>12.0} {:>12.0} {:>12} {:>12}",
                 engine.ms_per_step,
                 reference.ms_per_step,
                 engine.ms_per_step / reference.ms_per_step,
@@ -341,7 +423,7 @@ fn cuda_table(device: Device, framework: Framework) {
                 idle_share(&reference)
             ),
             None => println!(
-                "{width:>6} {batch:>6} {:>11.2} {:>11} {:>7} {:>12.0} {:>12} {:>12} {:>12}",
+                "{label:>6} {batch:>6} {:>11.2} {:>11} {:>7} {:>12.0} {:>12} {:>12} {:>12}",
                 engine.ms_per_step,
                 "n/a",
                 "n/a",
@@ -360,15 +442,31 @@ fn main() {
         return;
     }
     // MOCO_BENCH_GPU_ONLY skips the CPU table where device time is scarce.
+    // MOCO_BENCH_STEPS=moco,v3,v3-vit-s picks the steps timed (default: all).
+    let chosen: Vec<Step> = match std::env::var("MOCO_BENCH_STEPS") {
+        Ok(list) => list
+            .split(',')
+            .map(|name| {
+                Step::parse(name.trim()).unwrap_or_else(|| {
+                    panic!("MOCO_BENCH_STEPS: unknown step {name:?}; expected moco, v3 or v3-vit-s")
+                })
+            })
+            .collect(),
+        Err(_) => Step::ALL.to_vec(),
+    };
     if std::env::var_os("MOCO_BENCH_GPU_ONLY").is_none() {
-        cpu_table(Framework::Moco);
-        println!();
-        cpu_table(Framework::V3);
+        for (i, &kind) in chosen.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            cpu_table(kind);
+        }
     }
     if tch::Cuda::is_available() {
         tch::Cuda::cudnn_set_benchmark(true);
-        cuda_table(Device::Cuda(0), Framework::Moco);
-        cuda_table(Device::Cuda(0), Framework::V3);
+        for &kind in &chosen {
+            cuda_table(Device::Cuda(0), kind);
+        }
     } else {
         println!("\nno CUDA device: the GPU table (images/s, device idle share) is skipped");
     }

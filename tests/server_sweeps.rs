@@ -143,6 +143,32 @@ async fn a_sweep_queues_each_grid_point_as_a_run_and_tabulates_them_with_seeds_f
     let list = server.get_json("/api/sweeps").await;
     assert_eq!(list["sweeps"][0]["id"], id);
     assert_eq!(list["sweeps"][0]["counts"]["completed"], 4);
+
+    // A linear probe of a member's checkpoint joins its row.
+    let (status, created) = server
+        .post(
+            "/api/evals",
+            &json!({"run_id": first, "protocol": "fast", "device": "cpu",
+                    "settings": {"epochs": 2, "batch_size": 16, "loader_threads": 1}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let eval = created["eval"]["id"].as_i64().unwrap();
+    let start = Instant::now();
+    let top1 = loop {
+        let e = server.get_json(&format!("/api/evals/{eval}")).await;
+        match e["eval"]["state"].as_str().unwrap() {
+            "completed" => break e["eval"]["top1"].as_f64().unwrap(),
+            "failed" => panic!("{e}"),
+            _ => {}
+        }
+        assert!(start.elapsed() < PATIENCE, "{e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rows = sweep_detail(&server, id).await["rows"].clone();
+    assert_eq!(rows[0]["linear_top1"]["n"], 1, "{rows}");
+    assert_eq!(rows[0]["linear_top1"]["mean"].as_f64().unwrap(), top1);
+    assert_eq!(rows[1]["linear_top1"], Value::Null);
 }
 
 use common::status_and_json;

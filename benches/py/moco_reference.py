@@ -492,7 +492,7 @@ def device_busy_ns(prof):
 
 
 def bench(framework, width, batch, steps, stem, threads, splits, queue_size, device, precision,
-          channels_last, profile_steps):
+          channels_last, profile_steps, arch="resnet18", image_size=32):
     torch.manual_seed(0)
     if threads:
         torch.set_num_threads(threads)
@@ -500,7 +500,20 @@ def bench(framework, width, batch, steps, stem, threads, splits, queue_size, dev
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    if framework == "v3":
+    vit = arch.startswith("vit")
+    if vit:
+        # The v3-vit-s preset's step: ViT with patches of 16 (the projection frozen), projector
+        # 3 layers and predictor 2, 4096 wide into 256, T 0.2, AdamW at 1.5e-4 × B/256, wd 0.1.
+        def make():
+            enc = ViT(arch, 16, image_size, True)
+            enc.head = build_mlp(3, VIT_SHAPES[arch][0], 4096, 256, True)
+            for p in enc.parameters():
+                nn.init.normal_(p, std=0.02)
+            return enc
+
+        model = MoCoV3(make, 256, 4096, 2, 0.2, predictor_last_bn=True).to(device)
+        opt = None
+    elif framework == "v3":
         # The v3-cifar preset's step: projector and predictor 4096 wide into 256, T 0.2, LARS at
         # 0.3 × B/256 with wd 1e-6.
         def make():
@@ -516,12 +529,15 @@ def bench(framework, width, batch, steps, stem, threads, splits, queue_size, dev
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     model.train()
-    if framework == "v3":
+    if vit:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=1.5e-4 * batch / 256, weight_decay=0.1)
+    elif framework == "v3":
         opt = LARS(model.parameters(), 0.3 * batch / 256, 1e-6, 0.9, 0.001)
     else:
         opt = sgd(model, 0.06, 0.9, 5e-4, False)
-    x1 = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=memory_format)
-    x2 = torch.randn(batch, 3, 32, 32, device=device).to(memory_format=memory_format)
+    x1 = torch.randn(batch, 3, image_size, image_size, device=device).to(memory_format=memory_format)
+    x2 = torch.randn(batch, 3, image_size, image_size, device=device).to(memory_format=memory_format)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
@@ -595,12 +611,15 @@ def main():
     b.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     b.add_argument("--channels-last", action="store_true")
     b.add_argument("--profile-steps", type=int, default=0)
+    b.add_argument("--arch", choices=["resnet18", "vit_tiny", "vit_small", "vit_base"],
+                   default="resnet18")
+    b.add_argument("--image-size", type=int, default=32)
     args = parser.parse_args()
     if args.cmd == "check":
         return check(args.start, args.inputs, args.after)
     return bench(args.framework, args.width, args.batch, args.steps, args.stem, args.threads,
                  args.splits, args.queue_size, args.device, args.precision, args.channels_last,
-                 args.profile_steps)
+                 args.profile_steps, args.arch, args.image_size)
 
 
 if __name__ == "__main__":

@@ -99,12 +99,7 @@ impl EvalRow {
     pub fn summary(&self) -> EvalSummary {
         let state = self.state;
         let progress = state.progress(self.step, self.total_steps);
-        let eta_seconds = match (state, self.steps_per_sec) {
-            (RunState::Running, Some(sps)) if sps > 0.0 && self.total_steps > 0 => {
-                Some((self.total_steps - self.step).max(0) as f64 / sps)
-            }
-            _ => None,
-        };
+        let eta_seconds = state.eta_seconds(self.step, self.total_steps, self.steps_per_sec);
         let protocol = self.protocol.as_deref().and_then(Protocol::parse);
         EvalSummary {
             id: self.id,

@@ -38,16 +38,10 @@ pub struct FeatureNorm {
 
 impl FeatureNorm {
     fn new(store: &mut ParamStore, prefix: &str, channels: i64) -> Self {
-        let opts = (Kind::Float, tch::Device::Cpu);
+        let (running_mean, running_var) = super::norm::running_stats(store, prefix, channels);
         FeatureNorm {
-            running_mean: store.buffer(
-                format!("{prefix}.running_mean"),
-                Tensor::zeros([channels], opts),
-            ),
-            running_var: store.buffer(
-                format!("{prefix}.running_var"),
-                Tensor::ones([channels], opts),
-            ),
+            running_mean,
+            running_var,
         }
     }
 

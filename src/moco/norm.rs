@@ -19,11 +19,28 @@ pub struct BatchNorm {
     channels: i64,
 }
 
+/// `<prefix>.running_mean` (zeros) and `<prefix>.running_var` (ones) registered as buffers, as
+/// torch's BatchNorm starts them; the affine-free norm of MoCo v3's heads has these alone.
+pub fn running_stats(store: &mut ParamStore, prefix: &str, channels: i64) -> (Tensor, Tensor) {
+    let opts = (Kind::Float, tch::Device::Cpu);
+    (
+        store.buffer(
+            format!("{prefix}.running_mean"),
+            Tensor::zeros([channels], opts),
+        ),
+        store.buffer(
+            format!("{prefix}.running_var"),
+            Tensor::ones([channels], opts),
+        ),
+    )
+}
+
 impl BatchNorm {
     /// Registers `<prefix>.weight` (1), `.bias` (0), `.running_mean` (0) and `.running_var` (1), as
     /// torchvision initialises them.
     pub fn new(store: &mut ParamStore, prefix: &str, channels: i64) -> Self {
         let opts = (Kind::Float, tch::Device::Cpu);
+        let (running_mean, running_var) = running_stats(store, prefix, channels);
         BatchNorm {
             weight: store.param(
                 format!("{prefix}.weight"),
@@ -35,14 +52,8 @@ impl BatchNorm {
                 Tensor::zeros([channels], opts),
                 true,
             ),
-            running_mean: store.buffer(
-                format!("{prefix}.running_mean"),
-                Tensor::zeros([channels], opts),
-            ),
-            running_var: store.buffer(
-                format!("{prefix}.running_var"),
-                Tensor::ones([channels], opts),
-            ),
+            running_mean,
+            running_var,
             channels,
         }
     }

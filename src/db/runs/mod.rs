@@ -96,13 +96,11 @@ impl RunRow {
     pub fn summary(&self) -> RunSummary {
         let state = self.state;
         let progress = state.progress(self.step, self.total_steps);
-        let eta_seconds = match (state, self.images_per_sec) {
-            (RunState::Running, Some(ips)) if ips > 0.0 && self.total_steps > 0 => {
-                let left = (self.total_steps - self.step).max(0) as f64;
-                Some(left * self.batch_size.max(1) as f64 / ips)
-            }
-            _ => None,
-        };
+        // A run's speed is in images: steps per second are that over the batch.
+        let steps_per_sec = self
+            .images_per_sec
+            .map(|ips| ips / self.batch_size.max(1) as f64);
+        let eta_seconds = state.eta_seconds(self.step, self.total_steps, steps_per_sec);
         RunSummary {
             id: self.id,
             name: self.name.clone(),

@@ -64,6 +64,22 @@ impl RunState {
         }
     }
 
+    /// Seconds left for a job in this state at `step` of `total_steps`, going at
+    /// `steps_per_sec`: only a running job with a known speed and total has an ETA.
+    pub fn eta_seconds(
+        self,
+        step: i64,
+        total_steps: i64,
+        steps_per_sec: Option<f64>,
+    ) -> Option<f64> {
+        match (self, steps_per_sec) {
+            (RunState::Running, Some(sps)) if sps > 0.0 && total_steps > 0 => {
+                Some((total_steps - step).max(0) as f64 / sps)
+            }
+            _ => None,
+        }
+    }
+
     /// The run can be cancelled (a running one stops within a step and keeps a checkpoint).
     pub fn can_cancel(self) -> bool {
         matches!(

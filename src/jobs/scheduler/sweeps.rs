@@ -3,6 +3,7 @@
 //! so the dispatcher needs nothing new: members queue in grid order like any runs.
 use super::actions::device_field;
 use super::{Scheduler, SchedulerError};
+use crate::config::FieldError;
 use crate::db::{self, runs::RunState, sweeps::SweepSummary};
 use crate::jobs::hub::state_data;
 use crate::jobs::paths::check_dataset;
@@ -21,11 +22,27 @@ impl Scheduler {
             None => None,
         };
         let expanded = spec.expand(train_images).map_err(SchedulerError::Invalid)?;
+        // The device is the base's (a sweep cannot vary it); a member may vary its dataset's
+        // path, so each member's dataset is checked.
         let first = &expanded.members[0].config;
         let device = device_field(&first.device).map_err(|e| SchedulerError::Invalid(vec![e]))?;
-        // The dataset and device are the base's, the same for every member.
-        check_dataset(&self.inner.data_dir, &first.dataset)
-            .map_err(|e| SchedulerError::Invalid(vec![e]))?;
+        let errors: Vec<FieldError> = expanded
+            .members
+            .iter()
+            .filter_map(|m| {
+                check_dataset(&self.inner.data_dir, &m.config.dataset)
+                    .err()
+                    .map(|e| {
+                        FieldError::new(
+                            &format!("members[{}].{}", m.position, e.field),
+                            format!("{}: {}", m.label(), e.message),
+                        )
+                    })
+            })
+            .collect();
+        if !errors.is_empty() {
+            return Err(SchedulerError::Invalid(errors));
+        }
         let (id, run_ids) = db::sweeps::insert(&self.inner.pool, spec, &expanded, &device).await?;
         for run_id in run_ids {
             self.inner
