@@ -1,11 +1,13 @@
-// New sweep form: the number of runs, what a recipe leaves out and the estimated duration,
-// asked again a moment after the user stops typing; the chosen recipe's description.
+// The New run form's sweep grid: the number of runs, what a recipe leaves out and the estimated
+// duration, asked again a moment after the user stops typing while the grid is open; the chosen
+// recipe's description.
 "use strict";
 
 (() => {
-  const form = document.getElementById("sweep-form");
+  const form = document.getElementById("new-run-form");
+  const grid = document.getElementById("sweep-grid");
   const out = document.getElementById("sweep-plan");
-  if (!form || !out) return;
+  if (!form || !grid || !out) return;
   const recipe = document.getElementById("sweep-recipe");
 
   function showRecipe() {
@@ -17,6 +19,7 @@
   let timer = null;
   let asked = 0;
   function updatePlan() {
+    if (!grid.open) return;
     clearTimeout(timer);
     timer = setTimeout(async () => {
       const mine = ++asked;
@@ -44,6 +47,7 @@
 
   form.addEventListener("input", updatePlan);
   form.addEventListener("change", updatePlan);
+  grid.addEventListener("toggle", updatePlan);
   if (recipe) {
     recipe.addEventListener("change", showRecipe);
     showRecipe();

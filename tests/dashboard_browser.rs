@@ -784,34 +784,41 @@ async fn a_sweep_from_the_form_shows_its_plan_then_its_table_filling_live() {
         serde_json::json!({ "source": STATE_RECORDER }),
     )
     .await;
+    // The New run form's settings are the base; its grid starts the sweep.
     b.goto(&server.at("/sweeps")).await;
     b.client
-        .find(Locator::Css("#sweep-preset"))
+        .find(Locator::Css(".page-head a.button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.wait_until("the New run form", Duration::from_secs(30), || async {
+        let url = b.client.current_url().await.ok()?.to_string();
+        url.contains("/runs/new").then_some(())
+    })
+    .await;
+    b.client
+        .find(Locator::Css("#f-preset"))
         .await
         .unwrap()
         .select_by_value("cifar")
         .await
         .unwrap();
+    b.js("document.querySelector('details.advanced').open = true;")
+        .await;
+    fill(&b, TINY_RUN).await;
+    fill(&b, &[("f-name", "browser-sweep")]).await;
+    b.js("document.getElementById('sweep-grid').open = true;")
+        .await;
     fill(
         &b,
         &[
-            ("sweep-name", "browser-sweep"),
             ("sweep-vary1-field", "temperature"),
             ("sweep-vary1-values", "0.1, 0.2"),
             ("sweep-seeds", "0,1"),
         ],
     )
-    .await;
-    // The tiny run's settings, one per line.
-    let overrides = "epochs=2\nwidth=8\nbatch_size=32\nqueue_size=256\nshuffle_bn_splits=2\n\
-                     image_size=16\ndataset.synthetic_train=64\ndataset.synthetic_test=32\n\
-                     dataset.synthetic_image_size=16\nknn_every=1\nknn_k=20\nmetrics_every=1\n\
-                     loader_threads=1\ndevice=cpu";
-    b.js(&format!(
-        "const t = document.getElementById('sweep-overrides'); t.value = {}; \
-         t.dispatchEvent(new Event('input', {{bubbles: true}}));",
-        serde_json::json!(overrides)
-    ))
     .await;
     // The plan follows the form: four runs and how long they take.
     let plan = b
@@ -820,7 +827,7 @@ async fn a_sweep_from_the_form_shows_its_plan_then_its_table_filling_live() {
     assert!(plan.ends_with("one after another."), "{plan}");
     b.screenshot_full("dashboard-30-sweep-form", 1280).await;
     b.client
-        .find(Locator::Id("sweep-submit"))
+        .find(Locator::Id("start-sweep"))
         .await
         .unwrap()
         .click()

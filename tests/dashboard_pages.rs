@@ -230,6 +230,28 @@ async fn the_form_validates_keeps_values_and_starts_a_run() {
     assert!(picker.contains("data directory"), "{picker}");
     assert_eq!(server.run_count().await, 0);
 
+    // The same form started as a sweep with a bad member: the form again, the member named,
+    // the grid open, nothing stored.
+    let mut bad_sweep = tiny("sweep-http");
+    bad_sweep.extend([("vary1_field", "queue_size"), ("vary1_values", "256, 100")]);
+    let res = post_form(&server.at("/sweeps"), &bad_sweep).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("The sweep was not started: 2 problems"),
+        "{html}"
+    );
+    assert!(html.contains("members[1].queue_size"), "{html}");
+    assert!(
+        html.contains("id=\"sweep-grid\" open"),
+        "the grid is shown open"
+    );
+    assert!(
+        html.contains("value=\"256, 100\""),
+        "the typed values are kept"
+    );
+    assert_eq!(server.run_count().await, 0);
+
     // A good form: 303 to the new run's page.
     let res = post_form(&server.at("/runs/new"), &tiny("tiny-http")).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);

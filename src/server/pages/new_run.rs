@@ -42,7 +42,7 @@ pub struct PresetLink {
 
 #[derive(Template)]
 #[template(path = "new_run.html")]
-struct NewRunPage {
+pub(super) struct NewRunPage {
     layout: Layout,
     errors: Vec<ErrorView>,
     source_note: String,
@@ -57,6 +57,8 @@ struct NewRunPage {
     /// The estimated duration, or why there is none yet.
     estimate: String,
     presets_json: String,
+    /// The sweep's grid below the settings: the same form started as a sweep.
+    pub(super) sweep: super::sweeps::SweepGridView,
 }
 
 /// The form's estimate line: the duration, or what keeps it from being computed.
@@ -108,7 +110,7 @@ pub(super) async fn dataset_options(state: &AppState, chosen: &str) -> Vec<Optio
     options
 }
 
-async fn build_page(
+pub(super) async fn build_page(
     state: &AppState,
     headers: &HeaderMap,
     values: &Values,
@@ -221,6 +223,7 @@ async fn build_page(
         queue_ok: queue_rule.1,
         estimate: estimate_text(state, values).await,
         presets_json: format::script_json(&form::presets_json()),
+        sweep: super::sweeps::SweepGridView::new(values, errors),
     }
 }
 
@@ -294,6 +297,18 @@ pub async fn estimate(
     .into_response()
 }
 
+/// What a form shows again after a post: what was typed, over the chosen preset's defaults for
+/// anything not sent (those are what the server used).
+pub(super) fn shown_again(submitted: Values) -> Values {
+    let preset = submitted
+        .get(form::PRESET_KEY)
+        .and_then(|p| Preset::parse(p.trim()))
+        .unwrap_or_else(Preset::default_here);
+    let mut values = form::values_from_config(&RunConfig::preset(preset));
+    values.extend(submitted);
+    values
+}
+
 /// POST /runs/new
 pub async fn submit(
     State(state): State<AppState>,
@@ -302,14 +317,7 @@ pub async fn submit(
 ) -> Result<Response, WebError> {
     let submitted = form::submitted_values(pairs);
     let (doc, parse_errors) = form::partial_config(&submitted);
-    // Shown again: what was typed, over the chosen preset's defaults for anything not sent (those
-    // are what the server used).
-    let preset = submitted
-        .get(form::PRESET_KEY)
-        .and_then(|p| Preset::parse(p.trim()))
-        .unwrap_or_else(Preset::default_here);
-    let mut values = form::values_from_config(&RunConfig::preset(preset));
-    values.extend(submitted);
+    let values = shown_again(submitted);
     let errors = if parse_errors.is_empty() {
         match state.scheduler.create(&doc).await {
             Ok(created) => {

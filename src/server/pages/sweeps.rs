@@ -1,24 +1,23 @@
-//! `/sweeps`: every sweep and the New sweep form (a base config, a recipe or one or two fields
-//! with their values, seeds; the number of runs and the estimated duration shown as the user
-//! types); `/sweeps/{id}`: the grid as a live table with the members' curves overlaid, CSV and
-//! Markdown exports, cancel, resume and delete.
-use super::form::OptionView;
-use super::form::{split_dataset_choice, submitted_values, Values};
+//! `/sweeps`: every sweep; the New sweep form is the New run form (`/runs/new`) with the grid
+//! below its settings — one or two fields with their values, seeds, or a recipe — and the number
+//! of runs and the estimated duration shown as the user types. `/sweeps/{id}`: the grid as a live
+//! table with the members' curves overlaid, CSV and Markdown exports, cancel and resume.
+use super::form::{self, submitted_values, OptionView, Values};
 use super::format;
-use super::new_run::dataset_options;
+use super::new_run::{build_page, shown_again};
 use super::{backend, render, Layout};
-use crate::config::{Choice, FieldError, Preset, RunConfig};
+use crate::config::FieldError;
 use crate::db::{self, sweeps::SweepSummary};
 use crate::jobs::SchedulerError;
 use crate::server::error::{SweepId, WebError};
 use crate::server::AppState;
-use crate::sweep::{parse_axis, recipes, set_dotted, SweepSpec, SweepState};
+use crate::sweep::{parse_axis, recipes, SweepSpec, SweepState};
 use askama::Template;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// One sweep in the list.
 pub struct SweepRowView {
@@ -52,90 +51,53 @@ impl SweepRowView {
     }
 }
 
-/// What the New sweep form shows: the typed values and every problem.
-pub struct SweepFormView {
-    values: Values,
-    errors: Vec<String>,
-    presets: Vec<OptionView>,
-    recipes: Vec<OptionView>,
-    datasets: Vec<OptionView>,
+/// The grid part of the New run form: the recipe, the varied fields and the seeds as typed.
+pub struct SweepGridView {
+    pub(super) recipes: Vec<OptionView>,
+    pub(super) recipe_help: Vec<(String, String, String)>,
+    pub(super) vary1_field: String,
+    pub(super) vary1_values: String,
+    pub(super) vary2_field: String,
+    pub(super) vary2_values: String,
+    pub(super) seeds: String,
     /// Every setting's name, for the field pickers.
-    fields: Vec<String>,
+    pub(super) fields: Vec<String>,
+    /// Shown open when something of it was typed or is wrong.
+    pub(super) open: bool,
+    /// The form came back from "Start a sweep": its problems are the sweep's.
+    pub(super) posted: bool,
 }
 
-impl SweepFormView {
-    fn value(&self, key: &str) -> String {
-        self.values.get(key).cloned().unwrap_or_default()
-    }
-}
+/// The form's keys of the grid (the rest of the form is the run's settings).
+const GRID_KEYS: [&str; 6] = [
+    "recipe",
+    "vary1_field",
+    "vary1_values",
+    "vary2_field",
+    "vary2_values",
+    "seeds",
+];
 
-#[derive(Template)]
-#[template(path = "sweeps.html")]
-struct SweepsPage {
-    layout: Layout,
-    sweeps: Vec<SweepRowView>,
-    form: SweepFormView,
-    recipe_help: Vec<(String, String, String)>,
-}
-
-async fn form_view(state: &AppState, values: Values, errors: Vec<String>) -> SweepFormView {
-    let chosen =
-        |key: &str, default: &str| values.get(key).cloned().unwrap_or_else(|| default.into());
-    let preset = chosen("preset", Preset::default_here().name());
-    let recipe = chosen("recipe", "");
-    let dataset = chosen("dataset", "synthetic");
-    SweepFormView {
-        presets: Preset::all()
-            .iter()
-            .map(|p| OptionView {
-                value: p.name().into(),
-                label: p.name().into(),
-                selected: p.name() == preset,
+impl SweepGridView {
+    pub fn new(values: &Values, errors: &[FieldError]) -> Self {
+        let get = |k: &str| values.get(k).cloned().unwrap_or_default();
+        let recipe = get("recipe");
+        let grid_error = errors.iter().any(|e| {
+            e.field.starts_with("members[")
+                || ["vary", "recipe", "seeds"].contains(&e.field.as_str())
+        });
+        SweepGridView {
+            recipes: std::iter::once(OptionView {
+                value: String::new(),
+                label: "none: the fields below".into(),
+                selected: recipe.is_empty(),
             })
+            .chain(recipes::RECIPES.iter().map(|r| OptionView {
+                value: r.name.into(),
+                label: r.title.into(),
+                selected: r.name == recipe,
+            }))
             .collect(),
-        recipes: std::iter::once(OptionView {
-            value: String::new(),
-            label: "none: the fields below".into(),
-            selected: recipe.is_empty(),
-        })
-        .chain(recipes::RECIPES.iter().map(|r| OptionView {
-            value: r.name.into(),
-            label: r.title.into(),
-            selected: r.name == recipe,
-        }))
-        .collect(),
-        datasets: dataset_options(state, &dataset).await,
-        fields: crate::config::settings::all()
-            .iter()
-            .map(|s| s.key.clone())
-            .collect(),
-        values,
-        errors,
-    }
-}
-
-/// GET /sweeps
-pub async fn list_page(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, WebError> {
-    let form = form_view(&state, Values::new(), Vec::new()).await;
-    render_list(&state, &headers, form, StatusCode::OK).await
-}
-
-async fn render_list(
-    state: &AppState,
-    headers: &HeaderMap,
-    form: SweepFormView,
-    status: StatusCode,
-) -> Result<Response, WebError> {
-    let sweeps = db::sweeps::list(&state.db).await?;
-    Ok(render(
-        status,
-        &SweepsPage {
-            layout: Layout::for_request("sweeps", state, headers),
-            sweeps: sweeps.iter().map(SweepRowView::of).collect(),
-            form,
             recipe_help: recipes::RECIPES
                 .iter()
                 .map(|r| {
@@ -146,12 +108,46 @@ async fn render_list(
                     )
                 })
                 .collect(),
+            vary1_field: get("vary1_field"),
+            vary1_values: get("vary1_values"),
+            vary2_field: get("vary2_field"),
+            vary2_values: get("vary2_values"),
+            seeds: get("seeds"),
+            fields: crate::config::settings::all()
+                .iter()
+                .map(|s| s.key.clone())
+                .collect(),
+            open: grid_error || GRID_KEYS.iter().any(|k| !get(k).trim().is_empty()),
+            posted: false,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "sweeps.html")]
+struct SweepsPage {
+    layout: Layout,
+    sweeps: Vec<SweepRowView>,
+}
+
+/// GET /sweeps
+pub async fn list_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, WebError> {
+    let sweeps = db::sweeps::list(&state.db).await?;
+    Ok(render(
+        StatusCode::OK,
+        &SweepsPage {
+            layout: Layout::for_request("sweeps", &state, &headers),
+            sweeps: sweeps.iter().map(SweepRowView::of).collect(),
         },
     ))
 }
 
-/// The spec a form post describes: the base from preset, dataset and `field=value` lines, the
-/// recipe, up to two varied fields and the seeds.
+/// The spec a New run form posted with its grid describes: the base is the run the form
+/// describes (its preset, dataset and every setting), the grid the recipe, up to two varied fields
+/// and the seeds.
 pub fn spec_from_form(values: &Values) -> Result<SweepSpec, Vec<FieldError>> {
     let get = |k: &str| {
         values
@@ -159,29 +155,7 @@ pub fn spec_from_form(values: &Values) -> Result<SweepSpec, Vec<FieldError>> {
             .map(|v| v.trim().to_string())
             .unwrap_or_default()
     };
-    let mut base = Value::Object(Map::new());
-    let mut errors = Vec::new();
-    if !get("preset").is_empty() {
-        set_dotted(&mut base, "preset", json!(get("preset")));
-    }
-    let dataset = get("dataset");
-    if !dataset.is_empty() {
-        let (kind, path) = split_dataset_choice(&dataset);
-        set_dotted(&mut base, "dataset.kind", json!(kind));
-        if let Some(path) = path {
-            set_dotted(&mut base, "dataset.path", json!(path));
-        }
-    }
-    for line in get("overrides")
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-    {
-        match RunConfig::parse_override(line) {
-            Ok((field, value)) => set_dotted(&mut base, &field, value),
-            Err(e) => errors.push(FieldError::new("overrides", e.message)),
-        }
-    }
+    let (base, mut errors) = form::partial_config(values);
     let mut vary = Vec::new();
     for (field, values_key) in [
         ("vary1_field", "vary1_values"),
@@ -226,7 +200,8 @@ fn sentences(errors: &[FieldError]) -> Vec<String> {
         .collect()
 }
 
-/// POST /sweeps: 303 to the new sweep, or the form again with every problem.
+/// POST /sweeps (the New run form's "Start a sweep"): 303 to the new sweep, or the form again
+/// with every problem.
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -242,8 +217,10 @@ pub async fn submit(
         },
         Err(errors) => errors,
     };
-    let form = form_view(&state, values, sentences(&errors)).await;
-    render_list(&state, &headers, form, StatusCode::UNPROCESSABLE_ENTITY).await
+    let values = shown_again(values);
+    let mut page = build_page(&state, &headers, &values, &errors, String::new()).await;
+    page.sweep.posted = true;
+    Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &page))
 }
 
 /// POST /sweeps/plan (the form's live line): the plan as JSON, or the problems as sentences.
@@ -476,12 +453,13 @@ mod tests {
             ("recipe", ""),
             ("preset", "demo"),
             ("dataset", "synthetic"),
+            ("epochs", "2"),
+            ("dataset.synthetic_train", "500"),
             ("vary1_field", "momentum"),
             ("vary1_values", "0, 0.9,0.99"),
             ("vary2_field", ""),
             ("vary2_values", ""),
             ("seeds", "0,1"),
-            ("overrides", "epochs=2\ndataset.synthetic_train=500\n"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -490,13 +468,13 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&spec).unwrap(),
             json!({"name": "m", "recipe": null,
-                   "base": {"preset": "demo", "epochs": 2,
+                   "base": {"preset": "demo", "name": "m", "epochs": 2,
                             "dataset": {"kind": "synthetic", "synthetic_train": 500}},
                    "vary": [{"field": "momentum", "values": [0, 0.9, 0.99]},
                             {"field": "seed", "values": [0, 1]}]})
         );
         let mut bad = values.clone();
-        bad.insert("overrides".into(), "epochs".into());
-        assert_eq!(spec_from_form(&bad).unwrap_err()[0].field, "overrides");
+        bad.insert("epochs".into(), "two".into());
+        assert_eq!(spec_from_form(&bad).unwrap_err()[0].field, "epochs");
     }
 }
