@@ -63,9 +63,7 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         vary,
     };
     let data_dir = std::env::current_dir()?;
-    let train_images = crate::data::open_splits(&base.dataset, &data_dir)
-        .map(|s| s.train.len())
-        .ok();
+    let train_images = crate::sweep::training_images(&base, &data_dir);
     let expanded = spec
         .expand(train_images)
         .map_err(|errors| anyhow!("{}", describe_errors(&errors)))?;

@@ -145,6 +145,20 @@ pub(crate) fn dataset_errors(ds: &DatasetConfig) -> Vec<FieldError> {
 }
 
 impl RunConfig {
+    /// The memory bank's rule, once the training split's size is known: it cannot give more
+    /// negatives than it holds features. The sentence for `queue_size`, when broken.
+    pub fn memory_bank_error(&self, train_images: usize) -> Option<String> {
+        (self.effective_mechanism() == Some(Mechanism::MemoryBank)
+            && self.queue_size as usize > train_images)
+            .then(|| {
+                format!(
+                    "the memory bank holds the {train_images} training images' features: it \
+                     cannot give {} negatives",
+                    self.queue_size
+                )
+            })
+    }
+
     /// Every rule a run must satisfy before anything starts. All violations are returned, each
     /// naming its field.
     pub fn validate(&self) -> Result<(), Vec<FieldError>> {
@@ -258,15 +272,9 @@ impl RunConfig {
         if ds.kind == DatasetKind::Synthetic
             && self.effective_mechanism() == Some(Mechanism::MemoryBank)
         {
-            check(
-                self.queue_size as usize <= ds.synthetic_train,
-                "queue_size",
-                format!(
-                    "the memory bank holds the {} training images' features: it cannot give {} \
-                     negatives",
-                    ds.synthetic_train, self.queue_size
-                ),
-            );
+            if let Some(message) = self.memory_bank_error(ds.synthetic_train) {
+                check(false, "queue_size", message);
+            }
         }
         if ds.kind == DatasetKind::Synthetic && self.batch_size as usize > ds.synthetic_train {
             check(

@@ -56,15 +56,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
 /// What a sweep would be, stored nowhere: its members' names, the grid points a recipe leaves
 /// out, and the estimated duration of all members one after another.
 pub async fn plan_of(state: &AppState, spec: &SweepSpec) -> Result<Value, WebError> {
-    let train_images =
-        match crate::config::RunConfig::from_partial_json(&spec.base, crate::config::Preset::Cifar)
-        {
-            Ok(cfg) if cfg.dataset.kind == crate::config::DatasetKind::Synthetic => {
-                Some(cfg.dataset.synthetic_train)
-            }
-            _ => None,
-        };
-    let expanded = spec.expand(train_images).map_err(WebError::invalid)?;
+    let expanded = state.scheduler.expand_sweep(spec).await?;
     let mut seconds = 0.0;
     for m in &expanded.members {
         let estimate = super::estimate::for_run_config(state, m.config.clone())

@@ -258,6 +258,18 @@ impl SweepSpec {
     }
 }
 
+/// The training images of `cfg`'s dataset, for recipes that cap K by it: the synthetic set's
+/// size, or the opened split's; None when it cannot be opened (the members' own checks then say
+/// why). Relative paths are resolved against `data_dir`, which the caller has checked.
+pub fn training_images(cfg: &RunConfig, data_dir: &std::path::Path) -> Option<usize> {
+    if cfg.dataset.kind == crate::config::DatasetKind::Synthetic {
+        return Some(cfg.dataset.synthetic_train);
+    }
+    crate::data::open_splits(&cfg.dataset, data_dir)
+        .map(|s| s.train.len())
+        .ok()
+}
+
 /// The grid of `axes`: every combination, the first axis varying slowest.
 pub fn grid(axes: &[Axis]) -> Vec<Point> {
     let mut points = vec![Point::new()];
@@ -325,12 +337,7 @@ fn check_axes(axes: &[Axis], recipe_fields: &[&str]) -> Result<(), Vec<FieldErro
             seen.join(", ")
         ));
     }
-    let members: usize = axes.iter().map(|a| a.values.len()).product();
-    if members > MAX_MEMBERS {
-        return err(format!(
-            "the grid has {members} members; at most {MAX_MEMBERS}"
-        ));
-    }
+    // The number of members is checked on the whole grid, recipe points included (`expand`).
     Ok(())
 }
 

@@ -101,14 +101,8 @@ impl<'a> Session<'a> {
                  lower batch_size"
             );
         }
-        if cfg.effective_mechanism() == Some(Mechanism::MemoryBank)
-            && cfg.queue_size as usize > train_len
-        {
-            bail!(
-                "queue_size: the memory bank holds the {train_len} training images' features; it \
-                 cannot give {} negatives",
-                cfg.queue_size
-            );
+        if let Some(message) = cfg.memory_bank_error(train_len) {
+            bail!("queue_size: {message}");
         }
         if device.is_cuda() {
             // Every step has the same shapes: let cuDNN pick the fastest algorithms once.

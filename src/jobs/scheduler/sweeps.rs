@@ -4,24 +4,17 @@
 use super::actions::device_field;
 use super::{Scheduler, SchedulerError};
 use crate::config::FieldError;
+use crate::config::{Preset, RunConfig};
 use crate::db::{self, runs::RunState, sweeps::SweepSummary};
 use crate::jobs::hub::state_data;
 use crate::jobs::paths::check_dataset;
-use crate::sweep::SweepSpec;
-use anyhow::Context;
+use crate::sweep::{Expanded, SweepSpec};
 
 impl Scheduler {
     /// Expands `spec`, checks every member (its config, device and dataset) and stores the sweep
     /// with all its members queued. An invalid member stores nothing and is named with its field.
     pub async fn create_sweep(&self, spec: &SweepSpec) -> Result<SweepSummary, SchedulerError> {
-        let base =
-            crate::config::RunConfig::from_partial_json(&spec.base, crate::config::Preset::Cifar)
-                .ok();
-        let train_images = match &base {
-            Some(cfg) => training_images(&self.inner.data_dir, cfg).await,
-            None => None,
-        };
-        let expanded = spec.expand(train_images).map_err(SchedulerError::Invalid)?;
+        let expanded = self.expand_sweep(spec).await?;
         // The device is the base's (a sweep cannot vary it); a member may vary its dataset's
         // path, so each member's dataset is checked.
         let first = &expanded.members[0].config;
@@ -58,6 +51,17 @@ impl Scheduler {
         tracing::info!(sweep = id, members = expanded.members.len(), "sweep queued");
         self.inner.wake.notify_one();
         self.sweep_summary(id).await
+    }
+
+    /// `spec`'s members for this data directory (a recipe caps K by the dataset's size), every
+    /// member's config checked; nothing is stored.
+    pub async fn expand_sweep(&self, spec: &SweepSpec) -> Result<Expanded, SchedulerError> {
+        let base = RunConfig::from_partial_json(&spec.base, Preset::Cifar).ok();
+        let train_images = match base {
+            Some(cfg) => training_images(&self.inner.data_dir, cfg).await,
+            None => None,
+        };
+        spec.expand(train_images).map_err(SchedulerError::Invalid)
     }
 
     /// Cancels every member still to finish: queued and interrupted ones never start, a running
@@ -138,22 +142,12 @@ impl Scheduler {
     }
 }
 
-/// The number of training images of the base config's dataset, for recipes that cap K by it;
-/// None when the dataset cannot be opened (the members' own checks then say why).
-async fn training_images(
-    data_dir: &std::path::Path,
-    cfg: &crate::config::RunConfig,
-) -> Option<usize> {
-    if cfg.dataset.kind == crate::config::DatasetKind::Synthetic {
-        return Some(cfg.dataset.synthetic_train);
-    }
+/// `sweep::training_images` off the async threads, for a dataset inside the data directory.
+async fn training_images(data_dir: &std::path::Path, cfg: RunConfig) -> Option<usize> {
     check_dataset(data_dir, &cfg.dataset).ok()?;
-    let (dataset, dir) = (cfg.dataset.clone(), data_dir.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        crate::data::open_splits(&dataset, &dir).map(|s| s.train.len())
-    })
-    .await
-    .context("the dataset scan stopped")
-    .ok()?
-    .ok()
+    let dir = data_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::sweep::training_images(&cfg, &dir))
+        .await
+        .ok()
+        .flatten()
 }
