@@ -130,6 +130,7 @@ fn bench_pipeline(augmenter: &Augmenter, dataset: Arc<dyn Dataset>, batches: usi
                 prefetch: 4,
                 threads: 1,
                 device: Device::Cpu,
+                shard: (0, 1),
             },
         );
         for batch in loader.take(per_epoch) {

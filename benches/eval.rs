@@ -206,6 +206,7 @@ fn create_encoder(opts: &Options, data: &Path, path: &Path) -> anyhow::Result<()
                     prefetch: 2,
                     threads: opts.workers,
                     device: Device::Cpu,
+                    shard: (0, 1),
                 },
             );
             for batch in loader.take(opts.calibrate - done) {

@@ -82,6 +82,7 @@ fn headless(config: &Value, data_dir: &std::path::Path) -> f64 {
         stop: StopFlag::new(),
         resume_from: None,
         allow_config_change: false,
+        parallel: None,
     };
     // On its own thread, as the server's worker runs it.
     let observer = std::thread::spawn(move || {

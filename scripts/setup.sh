@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what moco-server needs to build and run, once: a Python virtual environment in .venv
 # holding torch==2.11.0 (its libtorch is what tch 0.24 links against), torchvision (used by the
-# benchmarks and the export checks) and timm (the ViT export check). A second run finds the ready marker and installs nothing.
+# benchmarks and the export checks) and timm (the ViT export check), and gloo's headers for the
+# distributed trainer. A second run finds the ready markers and installs nothing.
 # A failed install removes the half-made environment, so no later run trusts it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,9 +22,10 @@ command -v cargo >/dev/null 2>&1 ||
     fail "cargo was not found. Install Rust with rustup (https://rustup.rs), then run this again."
 
 # Python packages beyond torch, installed into the same environment: timm, whose
-# VisionTransformer the ViT export check loads. Its own marker, so adding one never reinstalls
-# torch.
-EXTRAS="timm==1.0.15"
+# VisionTransformer the ViT export check loads, and CUDA's compiler-side headers (crt, cccl),
+# which the NCCL process group's headers include and the torch wheel's CUDA packages lack. Its own
+# marker, so adding one never reinstalls torch.
+EXTRAS="timm==1.0.15 nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85"
 EXTRAS_READY="$VENV/.moco-extras"
 
 install_extras() {
@@ -35,6 +37,22 @@ install_extras() {
         fail "pip could not install $EXTRAS. Check that this machine reaches the Python package index (pip config list shows a mirror, if any), then run this again."
     echo "$EXTRAS" >"$EXTRAS_READY"
 }
+
+# gloo's headers, which libtorch's ProcessGroupGloo.hpp includes and the torch wheel lacks
+# (csrc/dist.cpp builds the Gloo process group against them): Debian's libgloo-dev.
+install_gloo_headers() {
+    if [ -f /usr/include/gloo/algorithm.h ] || [ -n "${GLOO_INCLUDE_DIR:-}" ]; then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 ||
+        fail "gloo's headers are missing and apt-get is not available: install gloo's headers (Debian/Ubuntu: libgloo-dev) and set GLOO_INCLUDE_DIR to the directory holding gloo/, then run this again."
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    echo "setup: installing Debian's libgloo-dev (gloo's headers, for distributed training)"
+    { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq libgloo-dev >/dev/null; } ||
+        fail "apt-get could not install libgloo-dev. Check that this machine reaches Debian's package archive, then run this again."
+}
+install_gloo_headers
 
 if [ -f "$READY" ] && [ "$(cat "$READY")" = "$WANT" ] && [ -x "$VENV/bin/python" ] &&
     [ -f "$VENV/libtorch/lib/libtorch.so" ]; then

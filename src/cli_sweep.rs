@@ -132,6 +132,7 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
                     stop: stop.clone(),
                     resume_from: latest_checkpoint(&dir),
                     allow_config_change: false,
+                    parallel: None,
                 };
                 let record = train_member(request, member.position, args.json)?;
                 if matches!(

@@ -2,6 +2,8 @@
 //! JSON lines, Ctrl-C saving a checkpoint.
 use crate::config::Choice;
 use crate::config::{describe_errors, DeviceChoice, Preset, RunConfig};
+use crate::dist::launch::{LaunchArgs, RankPlace};
+use crate::dist::{CommBackend, DataParallel, ProcessGroup};
 use crate::train::events::{metric, LogLevel, Observer, RunOutcome, TrainEvent};
 use crate::train::stop::StopFlag;
 use crate::train::{run_training, TrainRequest};
@@ -52,6 +54,8 @@ pub struct TrainArgs {
     /// Print the effective config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,28 +110,33 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         print!("{}", cfg.to_toml());
         return Ok(ExitCode::SUCCESS);
     }
-    let device = crate::config::parse_device(&cfg.device)
+    let mut device = crate::config::parse_device(&cfg.device)
         .unwrap_or(DeviceChoice::Auto)
         .resolve()
         .map_err(|e| anyhow!("device: {e}"))?;
-    let run_dir = match &args.out {
-        Some(dir) => dir.clone(),
-        None => {
-            let stamp = time::OffsetDateTime::now_utc()
-                .format(time::macros::format_description!(
-                    "[year][month][day]-[hour][minute][second]"
-                ))
-                .unwrap_or_default();
-            let name = if cfg.name.trim().is_empty() {
-                format!("{}-{stamp}", cfg.preset.name())
-            } else {
-                sanitize_file_name(&cfg.name)
-            };
-            PathBuf::from("runs").join(name)
-        }
+    let place = RankPlace::from_env()?;
+    if place.is_none() && args.launch.is_distributed() {
+        let backend = args.launch.validate(device.is_cuda())?;
+        crate::dist::check_config(&cfg, args.launch.world())
+            .map_err(|errors| anyhow!("{}", describe_errors(&errors)))?;
+        let run_dir = resolve_run_dir(&args, &cfg)?;
+        return crate::dist::launch::supervise(&args.launch, backend, &run_dir, args.json);
+    }
+    let mut parallel = None;
+    if let Some(place) = &place {
+        place.set_threads();
+        device = match place.rendezvous.backend {
+            CommBackend::Gloo => tch::Device::Cpu,
+            CommBackend::Nccl => tch::Device::Cuda(place.local_rank),
+        };
+        let group = ProcessGroup::join(&place.rendezvous)?;
+        parallel = Some(std::sync::Arc::new(DataParallel::new(group)));
+    }
+    let leader = place.as_ref().is_none_or(|p| p.rendezvous.rank == 0);
+    let run_dir = match place.as_ref().and_then(|p| p.run_dir.clone()) {
+        Some(dir) => dir,
+        None => resolve_run_dir(&args, &cfg)?,
     };
-    // Absolute, so the paths in events and messages work from any directory.
-    let run_dir = std::env::current_dir()?.join(run_dir);
     let stop = StopFlag::new();
     let handler_stop = stop.clone();
     ctrlc::set_handler(move || {
@@ -150,11 +159,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         stop,
         resume_from: args.resume.clone(),
         allow_config_change: args.allow_config_change,
+        parallel,
     };
     let json = args.json;
     // tch tensors are not Sync: the engine runs on its own thread, joined before we return.
     let worker = std::thread::spawn(move || {
-        let mut observer: Box<dyn Observer> = if json {
+        // Rank 0 speaks for a distributed run; the other ranks report errors only.
+        let mut observer: Box<dyn Observer> = if !leader {
+            Box::new(ErrorsOnly)
+        } else if json {
             Box::new(JsonLines)
         } else {
             Box::new(ProgressObserver::new())
@@ -166,6 +179,15 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let outcome = worker
         .join()
         .map_err(|_| anyhow!("the training thread panicked"))??;
+    if !leader {
+        return Ok(match outcome {
+            RunOutcome::Completed { .. } => ExitCode::SUCCESS,
+            RunOutcome::Cancelled { .. } | RunOutcome::Interrupted { .. } => {
+                ExitCode::from(crate::dist::launch::INTERRUPTED_STATUS as u8)
+            }
+            RunOutcome::Failed { .. } => ExitCode::FAILURE,
+        });
+    }
     if json {
         println!("{}", serde_json::to_string(&outcome)?);
     }
@@ -192,7 +214,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
                     run_dir.display()
                 );
             }
-            Ok(ExitCode::from(130))
+            Ok(ExitCode::from(
+                crate::dist::launch::INTERRUPTED_STATUS as u8,
+            ))
         }
         RunOutcome::Failed { reason, .. } => {
             if !json {
@@ -201,6 +225,28 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// The run's directory: --out, or ./runs/<name, or preset-timestamp>; absolute, so the paths in
+/// events and messages work from any directory.
+fn resolve_run_dir(args: &TrainArgs, cfg: &RunConfig) -> anyhow::Result<PathBuf> {
+    let run_dir = match &args.out {
+        Some(dir) => dir.clone(),
+        None => {
+            let stamp = time::OffsetDateTime::now_utc()
+                .format(time::macros::format_description!(
+                    "[year][month][day]-[hour][minute][second]"
+                ))
+                .unwrap_or_default();
+            let name = if cfg.name.trim().is_empty() {
+                format!("{}-{stamp}", cfg.preset.name())
+            } else {
+                sanitize_file_name(&cfg.name)
+            };
+            PathBuf::from("runs").join(name)
+        }
+    };
+    Ok(std::env::current_dir()?.join(run_dir))
 }
 
 pub fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -235,6 +281,21 @@ pub(crate) fn sanitize_file_name(name: &str) -> String {
 }
 
 struct JsonLines;
+
+/// A rank other than 0: its errors on stderr, the rest left to rank 0.
+struct ErrorsOnly;
+
+impl Observer for ErrorsOnly {
+    fn on_event(&mut self, event: TrainEvent) {
+        if let TrainEvent::Log {
+            level: LogLevel::Error,
+            message,
+        } = event
+        {
+            eprintln!("error: {message}");
+        }
+    }
+}
 
 impl Observer for JsonLines {
     fn on_event(&mut self, event: TrainEvent) {

@@ -5,6 +5,7 @@ pub mod cli_train;
 pub mod config;
 pub mod data;
 pub mod db;
+pub mod dist;
 pub mod doctor;
 pub mod eval;
 pub mod jobs;

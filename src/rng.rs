@@ -15,6 +15,9 @@ pub enum Purpose {
     Step = 2,
     /// The training crops of a linear probe's step; index = the probe's step.
     Probe = 3,
+    /// The two views of one image of a training step; index = (global step, the image's
+    /// position in the global batch), see [`image_views`].
+    ImageViews = 4,
 }
 
 /// Indices must stay below 2^56 (they do: epochs and steps).
@@ -26,6 +29,25 @@ pub fn stream(seed: u64, purpose: Purpose, index: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     rng.set_stream(((purpose as u64) << INDEX_BITS) | index);
     rng
+}
+
+/// Bits of an `ImageViews` index that hold the image's position in the batch (batches stay far
+/// below 2^24 images; steps below 2^32).
+const POSITION_BITS: u32 = 24;
+
+/// The generator of the views of the image at `position` of the global batch of training step
+/// `step`. One stream per image makes an image's views independent of which process augments
+/// it, and of the rest of the batch.
+pub fn image_views(seed: u64, step: u64, position: usize) -> ChaCha8Rng {
+    debug_assert!(
+        (position as u64) < 1 << POSITION_BITS,
+        "batch position {position} too large"
+    );
+    stream(
+        seed,
+        Purpose::ImageViews,
+        (step << POSITION_BITS) | position as u64,
+    )
 }
 
 #[cfg(test)]

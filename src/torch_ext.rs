@@ -42,7 +42,7 @@ extern "C" {
 }
 
 /// Turns the message of a failed call into an error (and frees it).
-fn check(message: *mut c_char) -> anyhow::Result<()> {
+pub(crate) fn check(message: *mut c_char) -> anyhow::Result<()> {
     if message.is_null() {
         return Ok(());
     }
@@ -54,7 +54,7 @@ fn check(message: *mut c_char) -> anyhow::Result<()> {
     Err(anyhow::anyhow!("libtorch: {text}"))
 }
 
-fn raw(t: &Tensor) -> *const c_void {
+pub(crate) fn raw(t: &Tensor) -> *const c_void {
     t.as_ptr() as *const c_void
 }
 

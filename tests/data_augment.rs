@@ -541,3 +541,30 @@ fn crops_resample_like_torchvision_crop_then_resize() {
         }
     }
 }
+
+/// A data-parallel rank augments rows r, r+N, … of a batch with each image's own stream: its
+/// views must be those one process draws for the same images of the whole batch.
+#[test]
+fn per_image_views_do_not_depend_on_the_rest_of_the_batch() {
+    let images = random_u8(16, 32, 4);
+    for recipe in [AugRecipe::V2, AugRecipe::Cifar, AugRecipe::V3] {
+        let aug = Augmenter::new(recipe, 32, [0.5; 3], [0.25; 3]);
+        let streams = |positions: &[usize]| -> Vec<ChaCha8Rng> {
+            positions
+                .iter()
+                .map(|&p| moco_server::rng::image_views(7, 3, p))
+                .collect()
+        };
+        let all: Vec<usize> = (0..16).collect();
+        let (w1, w2) = aug.two_views_per_image(&images, &mut streams(&all));
+        for rank in 0..2i64 {
+            let mine: Vec<usize> = (rank as usize..16).step_by(2).collect();
+            let rows = images.slice(0, rank, None, 2);
+            let (v1, v2) = aug.two_views_per_image(&rows, &mut streams(&mine));
+            let d1 = max_abs_diff(&v1, &w1.slice(0, rank, None, 2));
+            let d2 = max_abs_diff(&v2, &w2.slice(0, rank, None, 2));
+            // Elementwise kernels on 8 or 16 images: at most a rounding step apart.
+            assert!(d1 < 1e-5 && d2 < 1e-5, "{recipe:?} rank {rank}: {d1} {d2}");
+        }
+    }
+}

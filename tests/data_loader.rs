@@ -65,6 +65,7 @@ fn options(batch_size: usize) -> LoaderOptions {
         prefetch: 2,
         threads: 2,
         device: Device::Cpu,
+        shard: (0, 1),
     }
 }
 

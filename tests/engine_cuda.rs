@@ -77,6 +77,7 @@ fn tiny_run(device: Device, overrides: serde_json::Value) -> (RunOutcome, Collec
             stop: StopFlag::new(),
             resume_from: None,
             allow_config_change: false,
+            parallel: None,
         },
         &mut observer,
     )

@@ -67,6 +67,7 @@ fn run(
             stop,
             resume_from: resume.map(Path::to_path_buf),
             allow_config_change,
+            parallel: None,
         },
         observer,
     )
@@ -300,6 +301,7 @@ fn resume_continues_exactly() {
                 stop: StopFlag::new(),
                 resume_from: Some(ckpt.clone()),
                 allow_config_change: allow,
+                parallel: None,
             },
             &mut CollectingObserver::default(),
         )
@@ -470,6 +472,7 @@ fn invalid_config_is_rejected_before_anything_starts() {
             stop: StopFlag::new(),
             resume_from: None,
             allow_config_change: false,
+            parallel: None,
         },
         &mut observer,
     )

@@ -28,6 +28,9 @@ pub struct LoaderOptions {
     /// Decode threads (0 = one per core; 1 = the loader thread itself, no pool).
     pub threads: usize,
     pub device: Device,
+    /// (rank, world): a data-parallel rank loads rows rank, rank + world, … of every batch
+    /// (see `dist::parallel`); (0, 1) loads whole batches.
+    pub shard: (usize, usize),
 }
 
 impl Default for LoaderOptions {
@@ -42,6 +45,7 @@ impl Default for LoaderOptions {
             prefetch: 4,
             threads: 0,
             device: Device::Cpu,
+            shard: (0, 1),
         }
     }
 }
@@ -209,7 +213,13 @@ fn produce(
         }
         let start = b * batch_size;
         let end = (start + batch_size).min(order.len());
-        let indices = order[start..end].to_vec();
+        let (rank, world) = opts.shard;
+        let indices: Vec<usize> = order[start..end]
+            .iter()
+            .skip(rank)
+            .step_by(world.max(1))
+            .copied()
+            .collect();
         let result = match &pool {
             Some(pool) => pool.install(|| make_batch(dataset.as_ref(), indices, opts.device)),
             None => make_batch_on_this_thread(dataset.as_ref(), indices, opts.device),

@@ -438,6 +438,7 @@ impl Inputs<'_> {
                         prefetch: 4,
                         threads: extractor.threads,
                         device: extractor.device,
+                        shard: (0, 1),
                     },
                 );
                 for batch in loader {

@@ -7,7 +7,9 @@ use super::params::ParamStore;
 use super::queue::Queue;
 use super::shuffle::Shuffle;
 use crate::config::{Framework, Mechanism, RunConfig};
+use crate::dist::DataParallel;
 use rand_chacha::ChaCha8Rng;
+use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 /// Backbone and head (and, on MoCo v3's query side, the predictor) sharing one flat parameter
@@ -115,6 +117,8 @@ pub struct MocoModel {
     splits: i64,
     /// K: the memory bank's negatives per step.
     queue_size: i64,
+    /// The other ranks of a data-parallel run: keys are shuffled across them and gathered.
+    parallel: Option<Arc<DataParallel>>,
 }
 
 impl MocoModel {
@@ -147,7 +151,25 @@ impl MocoModel {
             symmetric: cfg.symmetric,
             splits: cfg.shuffle_bn_splits,
             queue_size: cfg.queue_size,
+            parallel: None,
         }
+    }
+
+    /// Trains as one rank of `parallel` from now on: the batches it sees are its rows of the
+    /// global batch, and `shuffle_bn_splits` counts the global batch's BatchNorm groups.
+    pub fn set_parallel(&mut self, parallel: Arc<DataParallel>) {
+        self.parallel = Some(parallel);
+    }
+
+    /// The data-parallel group this model trains in, if any.
+    pub fn parallel(&self) -> Option<Arc<DataParallel>> {
+        self.parallel.clone()
+    }
+
+    /// BatchNorm groups in this process's share of the batch.
+    fn local_splits(&self) -> i64 {
+        let world = self.parallel.as_ref().map_or(1, |p| p.world() as i64);
+        (self.splits / world).max(1)
     }
 
     /// The query's parameters the key encoder mirrors: all of them but v3's predictor, which
@@ -165,12 +187,14 @@ impl MocoModel {
         let _ = self.key.store.flat().shallow_clone().lerp_(&q, 1.0 - m);
     }
 
-    /// Keys for `x` from f_k with shuffled split BN, unshuffled, unit length, no gradient.
-    fn keys(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> Tensor {
+    /// Keys for `x` from f_k with shuffle BN, unit length, no gradient: this process's keys and
+    /// the whole global batch's (the same tensor on one process).
+    fn keys(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> (Tensor, Tensor) {
         let _guard = tch::no_grad_guard();
-        let shuffle = Shuffle::new(x.size()[0], rng, x.device());
-        let k = self.key.embed(&shuffle.apply(x), true, self.splits);
-        shuffle.undo(&k)
+        let splits = self.local_splits();
+        shuffled_encode(x, self.parallel.as_deref(), rng, |x| {
+            self.key.embed(x, true, splits)
+        })
     }
 
     /// Whether f_k is used and follows f_q by momentum (moco and v3; the end-to-end and
@@ -285,20 +309,20 @@ impl MocoModel {
         m: f64,
         rng: &mut ChaCha8Rng,
     ) -> StepOutput {
-        let q1 = self.query.embed(x1, true, self.splits);
-        let q2 = self
-            .symmetric
-            .then(|| self.query.embed(x2, true, self.splits));
+        let splits = self.local_splits();
+        let q1 = self.query.embed(x1, true, splits);
+        let q2 = self.symmetric.then(|| self.query.embed(x2, true, splits));
         self.momentum_update(m);
-        let k2 = self.keys(x2, rng);
+        let (k2, k2_all) = self.keys(x2, rng);
         let mut terms = vec![info_nce(&q1, &k2, &self.queue.keys, self.temperature)];
+        // Every rank enqueues the whole global batch's keys, so the queues stay identical.
         let keys = match q2 {
             Some(q2) => {
-                let k1 = self.keys(x1, rng);
+                let (k1, k1_all) = self.keys(x1, rng);
                 terms.push(info_nce(&q2, &k1, &self.queue.keys, self.temperature));
-                Tensor::cat(&[k1, k2], 0)
+                Tensor::cat(&[k1_all, k2_all], 0)
             }
-            None => k2,
+            None => k2_all,
         };
         let loss = terms
             .iter()
@@ -345,6 +369,34 @@ impl MocoModel {
         }
         let q = self.mirrored();
         (&q - self.key.store.flat()).norm() / q.norm().clamp_min(1e-12)
+    }
+}
+
+/// Shuffle BN's key pass (facebookresearch/moco builder.py `_batch_shuffle_ddp`, the encoder,
+/// `_batch_unshuffle_ddp`): the global batch is permuted, each process encodes its rows of the
+/// permuted batch (its BatchNorm groups are random subsets), and the results are put back in
+/// order. Returns this process's rows of the result and all of it. The permutation comes from the
+/// step's seeded stream, which every rank draws alike, so it needs no broadcast from rank 0.
+pub fn shuffled_encode(
+    x: &Tensor,
+    parallel: Option<&DataParallel>,
+    rng: &mut ChaCha8Rng,
+    encode: impl FnOnce(&Tensor) -> Tensor,
+) -> (Tensor, Tensor) {
+    use crate::dist::parallel::COLLECTIVE_FAILED;
+    match parallel {
+        None => {
+            let shuffle = Shuffle::new(x.size()[0], rng, x.device());
+            let k = shuffle.undo(&encode(&shuffle.apply(x)));
+            (k.shallow_clone(), k)
+        }
+        Some(p) => {
+            let all = p.gather_rows(x).expect(COLLECTIVE_FAILED);
+            let shuffle = Shuffle::new(all.size()[0], rng, x.device());
+            let mine = encode(&p.local_rows(&shuffle.apply(&all)));
+            let k = shuffle.undo(&p.gather_rows(&mine).expect(COLLECTIVE_FAILED));
+            (p.local_rows(&k), k)
+        }
     }
 }
 

@@ -108,6 +108,7 @@ impl FeatureExtractor<'_> {
                 prefetch: 2,
                 threads: self.threads,
                 device: self.device,
+                shard: (0, 1),
             },
         );
         let mut features = Vec::new();

@@ -34,7 +34,19 @@ pub fn train_step(
     params: StepParams,
 ) -> anyhow::Result<StepOutput> {
     let mut rng = crate::rng::stream(params.seed, crate::rng::Purpose::Step, params.step as u64);
-    let (x1, x2) = augmenter.two_views(images, &mut rng);
+    let parallel = model.parallel();
+    // Each image's views come from its own stream, named by its position in the global batch,
+    // so N ranks augmenting their rows draw what one process augmenting the batch draws.
+    let n = images.size()[0] as usize;
+    let positions: Vec<usize> = match &parallel {
+        Some(p) => p.positions(n * p.world()).collect(),
+        None => (0..n).collect(),
+    };
+    let mut view_rngs: Vec<_> = positions
+        .iter()
+        .map(|&position| crate::rng::image_views(params.seed, params.step as u64, position))
+        .collect();
+    let (x1, x2) = augmenter.two_views_per_image(images, &mut view_rngs);
     // Only the memory bank reads the batch's positions in the training split.
     let indices = model.bank.is_some().then(|| {
         let indices: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
@@ -46,8 +58,15 @@ pub fn train_step(
     };
     model.query.store.zero_grad();
     optimizer.backward(&out.loss);
+    if let Some(p) = &parallel {
+        p.average_gradients(&model.query.store)?;
+    }
     optimizer.step(&model.query.store, params.lr);
     model.store_keys(&out, params.step + 1);
+    if let Some(p) = &parallel {
+        p.average_buffers(&model.query.store)?;
+        p.average_buffers(&model.key.store)?;
+    }
     Ok(out)
 }
 
@@ -115,12 +134,24 @@ pub(crate) fn read_metrics(
         None => q.fill,
     };
     let steps = acc.steps.max(1) as f64;
+    let parallel = model.parallel();
+    let mut neg_max = acc.neg_max.shallow_clone();
+    let mut means = Tensor::stack(&[&acc.loss, &acc.top1, &acc.pos, &acc.neg], 0) / steps;
+    if let Some(p) = &parallel {
+        // Each rank saw its rows of the batches: the interval's figures are the ranks' mean (and
+        // maximum). Everything else read here is the same on every rank.
+        means = means.contiguous();
+        neg_max = neg_max.reshape([1]).copy();
+        p.reduce_metrics(&means, &neg_max)
+            .expect(crate::dist::parallel::COLLECTIVE_FAILED);
+        neg_max = neg_max.reshape([]);
+    }
     let mut device_values = vec![
-        &acc.loss / steps,
-        &acc.top1 / steps,
-        &acc.pos / steps,
-        &acc.neg / steps,
-        acc.neg_max.shallow_clone(),
+        means.get(0),
+        means.get(1),
+        means.get(2),
+        means.get(3),
+        neg_max,
         fill,
         q.age_mean,
         q.age_max,
@@ -161,7 +192,12 @@ pub(crate) fn read_metrics(
     values.insert(metric::LR.into(), lr);
     values.insert(metric::MOMENTUM.into(), m);
     values.insert(metric::QUEUE_PTR.into(), model.queue.ptr as f64);
-    values.insert(metric::IMAGES_PER_SEC.into(), acc.images as f64 / elapsed);
+    // The ranks step together, so the run's throughput is this rank's times their number.
+    let world = parallel.as_ref().map_or(1, |p| p.world()) as f64;
+    values.insert(
+        metric::IMAGES_PER_SEC.into(),
+        acc.images as f64 * world / elapsed,
+    );
     if let Some(memory) = torch_ext::device_memory(model.queue.keys.device()) {
         const MIB: f64 = 1024.0 * 1024.0;
         values.insert(

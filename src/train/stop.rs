@@ -3,11 +3,27 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Ordered by strength: an interrupt outranks a cancel (it keeps the run resumable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum StopRequest {
     None,
     Cancel,
     Interrupt,
+}
+
+impl StopRequest {
+    /// The value the flag stores (and the ranks of a distributed run compare).
+    pub fn code(self) -> i64 {
+        self as i64
+    }
+
+    pub fn from_code(code: i64) -> Self {
+        match code {
+            0 => StopRequest::None,
+            1 => StopRequest::Cancel,
+            _ => StopRequest::Interrupt,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -30,11 +46,7 @@ impl StopFlag {
     }
 
     pub fn get(&self) -> StopRequest {
-        match self.0.load(Ordering::SeqCst) {
-            0 => StopRequest::None,
-            1 => StopRequest::Cancel,
-            _ => StopRequest::Interrupt,
-        }
+        StopRequest::from_code(i64::from(self.0.load(Ordering::SeqCst)))
     }
 
     pub fn is_set(&self) -> bool {

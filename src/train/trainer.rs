@@ -17,10 +17,12 @@ use super::step::{read_metrics, train_step, Accumulator, StepParams};
 use super::stop::{StopFlag, StopRequest};
 use crate::config::{describe_errors, Choice, Framework, Mechanism, RunConfig};
 use crate::data::{Augmenter, DatasetSplits, Loader, LoaderOptions};
+use crate::dist::DataParallel;
 use crate::moco::model::MocoModel;
 use crate::torch_ext::ReducedPrecision;
 use anyhow::{anyhow, bail, Context};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 use tch::{Device, Kind};
 
@@ -39,6 +41,8 @@ pub struct TrainRequest {
     /// seed…): the user asked for it explicitly. Settings that change the state's shape are
     /// refused all the same.
     pub allow_config_change: bool,
+    /// This process is one rank of a data-parallel run over this group (None: one process).
+    pub parallel: Option<Arc<DataParallel>>,
 }
 
 /// Runs (or resumes) a MoCo training run to completion, cancellation, interruption or failure.
@@ -57,8 +61,10 @@ pub fn run_training(req: &TrainRequest, observer: &mut dyn Observer) -> anyhow::
         }
         run.end_epoch(observer)?;
     }
-    let info = checkpoint::export_encoder_to_run_dir(&req.run_dir, &run.model, &run.state)?;
-    observer.on_event(TrainEvent::CheckpointSaved(info));
+    if run.is_leader() {
+        let info = checkpoint::export_encoder_to_run_dir(&req.run_dir, &run.model, &run.state)?;
+        observer.on_event(TrainEvent::CheckpointSaved(info));
+    }
     Ok(RunOutcome::Completed {
         step: run.state.step,
         final_knn_top1: run.state.last_knn,
@@ -89,6 +95,10 @@ impl<'a> Session<'a> {
         let cfg = &req.config;
         cfg.validate()
             .map_err(|errors| anyhow!("invalid configuration:\n{}", describe_errors(&errors)))?;
+        if let Some(parallel) = &req.parallel {
+            crate::dist::check_config(cfg, parallel.world())
+                .map_err(|errors| anyhow!("{}", describe_errors(&errors)))?;
+        }
         let device = req.device;
         let splits = crate::data::open_splits(&cfg.dataset, &req.data_dir)
             .with_context(|| format!("cannot open the dataset {}", cfg.dataset.label()))?;
@@ -145,6 +155,22 @@ impl<'a> Session<'a> {
                     state.step
                 ),
             });
+        }
+        if let Some(parallel) = &req.parallel {
+            // As DDP's constructor: every rank starts from rank 0's state (the seeded
+            // initialisation already agrees; this makes it a guarantee).
+            let mut tensors = vec![
+                model.query.store.flat(),
+                model.key.store.flat(),
+                &model.queue.keys,
+                &optimizer.buffer,
+            ];
+            tensors.extend(model.query.store.buffers.iter().map(|(_, t)| t));
+            tensors.extend(model.key.store.buffers.iter().map(|(_, t)| t));
+            parallel
+                .broadcast_from_leader(&tensors)
+                .context("cannot share rank 0's model with the other ranks")?;
+            model.set_parallel(parallel.clone());
         }
         // A resumed run keeps the normalisation it was trained with.
         let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, state.mean, state.std)
@@ -242,17 +268,31 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// kNN top-1 of the current query encoder.
+    /// Whether this process writes checkpoints and reports: the only process, or rank 0.
+    fn is_leader(&self) -> bool {
+        self.req.parallel.as_ref().is_none_or(|p| p.is_leader())
+    }
+
+    /// kNN top-1 of the current query encoder. With several ranks, rank 0 measures it and the
+    /// others receive its figure (their encoders are the same).
     fn evaluate(&self) -> anyhow::Result<f64> {
-        knn_monitor(
-            &self.model,
-            &self.splits,
-            &self.augmenter,
-            self.cfg,
-            self.req.device,
-            self.loader_threads,
-            self.precision,
-        )
+        let top1 = if self.is_leader() {
+            knn_monitor(
+                &self.model,
+                &self.splits,
+                &self.augmenter,
+                self.cfg,
+                self.req.device,
+                self.loader_threads,
+                self.precision,
+            )?
+        } else {
+            0.0
+        };
+        match &self.req.parallel {
+            Some(parallel) => parallel.leader_value(top1),
+            None => Ok(top1),
+        }
     }
 
     fn evaluation_event(&self, knn_top1: f64) -> TrainEvent {
@@ -280,11 +320,20 @@ impl<'a> Session<'a> {
                 prefetch: cfg.prefetch,
                 threads: self.loader_threads,
                 device,
+                shard: req
+                    .parallel
+                    .as_ref()
+                    .map_or((0, 1), |p| (p.rank(), p.world())),
             },
         );
         let mut acc = Accumulator::new(device);
         while self.state.batch_in_epoch < self.steps_per_epoch {
-            match req.stop.get() {
+            let stop = match &req.parallel {
+                // All ranks stop at the same step, whichever saw the request first.
+                Some(parallel) => parallel.agree_on_stop(req.stop.get())?,
+                None => req.stop.get(),
+            };
+            match stop {
                 StopRequest::None => {}
                 stop => {
                     drop(loader);
@@ -380,6 +429,9 @@ impl<'a> Session<'a> {
     }
 
     fn save_full(&self, observer: &mut dyn Observer) -> anyhow::Result<()> {
+        if !self.is_leader() {
+            return Ok(());
+        }
         let info = checkpoint::save_full(
             &checkpoint::full_checkpoint_path(&self.req.run_dir, &self.state),
             &self.model,

@@ -156,6 +156,23 @@ fn upload(t: Tensor, device: Device) -> Tensor {
     }
 }
 
+/// Where a view's random parameters come from: one generator for the whole batch, in the order
+/// the plan draws them, or one per image.
+enum Draws<'a> {
+    Shared(&'a mut ChaCha8Rng),
+    PerImage(&'a mut [ChaCha8Rng]),
+}
+
+impl Draws<'_> {
+    /// The generator image `i` draws from.
+    fn of(&mut self, i: usize) -> &mut ChaCha8Rng {
+        match self {
+            Draws::Shared(rng) => rng,
+            Draws::PerImage(rngs) => &mut rngs[i],
+        }
+    }
+}
+
 /// Batched two-view augmentation for one recipe, output size and normalisation.
 #[derive(Debug, Clone)]
 pub struct Augmenter {
@@ -211,12 +228,33 @@ impl Augmenter {
     /// Two independently augmented views of a uint8 `[N, 3, H, W]` batch: float
     /// `[N, 3, S, S]`, normalised, on the batch's device. All randomness comes from `rng`.
     pub fn two_views(&self, images_u8: &Tensor, rng: &mut ChaCha8Rng) -> (Tensor, Tensor) {
+        self.two_views_from(images_u8, &mut Draws::Shared(rng))
+    }
+
+    /// [`two_views`](Self::two_views) with image `i` drawing from `rngs[i]` alone, so an image's
+    /// views depend on its own stream and not on the rest of the batch: a data-parallel rank
+    /// that augments only its share of a batch draws what one process augmenting all of it
+    /// would.
+    pub fn two_views_per_image(
+        &self,
+        images_u8: &Tensor,
+        rngs: &mut [ChaCha8Rng],
+    ) -> (Tensor, Tensor) {
+        assert_eq!(
+            rngs.len() as i64,
+            images_u8.size()[0],
+            "one generator per image"
+        );
+        self.two_views_from(images_u8, &mut Draws::PerImage(rngs))
+    }
+
+    fn two_views_from(&self, images_u8: &Tensor, draws: &mut Draws) -> (Tensor, Tensor) {
         let _guard = tch::no_grad_guard();
         let (n, h, w) = check_batch(images_u8);
         let mut up = Upload::default();
         self.push_normalisation(&mut up);
-        let p1 = self.plan(&self.views[0], n, h, w, rng, &mut up);
-        let p2 = self.plan(&self.views[1], n, h, w, rng, &mut up);
+        let p1 = self.plan(&self.views[0], n, h, w, draws, &mut up);
+        let p2 = self.plan(&self.views[1], n, h, w, draws, &mut up);
         let (floats, ints) = up.to_device(images_u8.device());
         let source = to_unit_float(images_u8);
         let v1 = self.run(&p1, &source, n, &floats, &ints);
@@ -230,7 +268,7 @@ impl Augmenter {
         let (n, h, w) = check_batch(images_u8);
         let mut up = Upload::default();
         self.push_normalisation(&mut up);
-        let plan = self.plan(spec, n, h, w, rng, &mut up);
+        let plan = self.plan(spec, n, h, w, &mut Draws::Shared(rng), &mut up);
         let (floats, ints) = up.to_device(images_u8.device());
         let source = to_unit_float(images_u8);
         self.run(&plan, &source, n, &floats, &ints)
@@ -286,7 +324,7 @@ impl Augmenter {
         n: i64,
         h: i64,
         w: i64,
-        rng: &mut ChaCha8Rng,
+        draws: &mut Draws,
         up: &mut Upload,
     ) -> ViewPlan {
         let n = n as usize;
@@ -297,7 +335,8 @@ impl Augmenter {
             .collect();
         let grid = up.floats.len();
         let mut rows = Vec::with_capacity(n * size);
-        for _ in 0..n {
+        for i in 0..n {
+            let rng = draws.of(i);
             let b = draw_crop(rng, h as usize, w as usize, spec.scale, spec.ratio);
             let flip = spec.flip > 0.0 && rng.gen::<f64>() < spec.flip;
             // The affine map from output to input coordinates, per axis (crops are
@@ -333,7 +372,7 @@ impl Augmenter {
                     // Per sample: whether it applies, the four factors, and their order.
                     let chosen: Vec<(usize, [f32; 4], [usize; 4])> = (0..n)
                         .filter_map(|i| {
-                            draw_jitter(rng, &jitter, p).map(|d| (i, d.factors, d.order))
+                            draw_jitter(draws.of(i), &jitter, p).map(|d| (i, d.factors, d.order))
                         })
                         .collect();
                     let kernels = [
@@ -348,7 +387,7 @@ impl Augmenter {
                 }
                 Op::Grayscale { p } => {
                     let samples: Vec<(usize, f32)> = (0..n)
-                        .filter(|_| rng.gen::<f64>() < p)
+                        .filter(|&i| draws.of(i).gen::<f64>() < p)
                         .map(|i| (i, 0.0))
                         .collect();
                     push(&mut steps, up, Kernel::Grayscale, &samples);
@@ -356,6 +395,7 @@ impl Augmenter {
                 Op::GaussianBlur { sigma, p } => {
                     let mut samples = Vec::new();
                     for i in 0..n {
+                        let rng = draws.of(i);
                         if rng.gen::<f64>() < p {
                             samples.push((i, uniform(rng, sigma.0, sigma.1) as f32));
                         }
@@ -364,7 +404,7 @@ impl Augmenter {
                 }
                 Op::Solarize { threshold, p } => {
                     let samples: Vec<(usize, f32)> = (0..n)
-                        .filter(|_| rng.gen::<f64>() < p)
+                        .filter(|&i| draws.of(i).gen::<f64>() < p)
                         .map(|i| (i, 0.0))
                         .collect();
                     push(&mut steps, up, Kernel::Solarize { threshold }, &samples);

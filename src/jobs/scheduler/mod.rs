@@ -422,6 +422,7 @@ impl Scheduler {
                 resume_from: resume_from.map(|(path, _)| path),
                 // A run resumes with the config it was stored with.
                 allow_config_change: false,
+                parallel: None,
             },
             observer: ChannelObserver::new(id, tx),
         }));

@@ -1,0 +1,147 @@
+// PyTorch's c10d process groups for data-parallel training: a TCPStore rendezvous, then a Gloo
+// group (CPU tensors) or an NCCL group (CUDA tensors, csrc/dist_nccl.cpp, present when libtorch
+// carries CUDA), and the four collectives the trainer uses: all-reduce, broadcast, all-gather and
+// barrier. Every collective waits for its completion, so a tensor is ready when the call returns;
+// a peer that died or stalled surfaces as an error after the group's timeout, never a hang.
+//
+// As in csrc/torch_ext.cpp, tensors cross as `at::Tensor*` and each function returns nullptr or
+// a strdup'd message that the caller frees with moco_ext_free.
+#include <ATen/ATen.h>
+#include <torch/csrc/distributed/c10d/Backend.hpp>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#ifdef MOCO_WITH_NCCL
+// csrc/dist_nccl.cpp: ProcessGroupNCCL over the store.
+c10::intrusive_ptr<c10d::Backend> moco_nccl_backend(const c10::intrusive_ptr<c10d::Store>& store,
+                                                    int rank, int world,
+                                                    std::chrono::milliseconds timeout);
+#endif
+
+struct MocoDistGroup {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::Backend> backend;
+};
+
+namespace {
+
+template <typename F>
+char* guarded(F&& body) {
+  try {
+    body();
+    return nullptr;
+  } catch (const std::exception& e) {
+    return strdup(e.what());
+  } catch (...) {
+    return strdup("unknown c10d error");
+  }
+}
+
+// `bind`: "" binds Gloo to the address this machine's hostname resolves to (loopback when it
+// does not resolve), "if:NAME" to the network interface NAME, anything else to that address.
+std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& bind) {
+  if (bind.empty()) {
+    return c10d::ProcessGroupGloo::createDefaultDevice();
+  }
+  if (bind.rfind("if:", 0) == 0) {
+    return c10d::ProcessGroupGloo::createDeviceForInterface(bind.substr(3));
+  }
+  return c10d::ProcessGroupGloo::createDeviceForHostname(bind);
+}
+
+void wait(const c10::intrusive_ptr<c10d::Work>& work) {
+  work->wait();
+}
+
+}  // namespace
+
+extern "C" {
+
+// Joins the group of `world` processes whose store rank 0 serves at master_addr:port (rank 0
+// starts the store and waits there for the others until `timeout_ms`). `nccl` picks NCCL,
+// otherwise Gloo bound as `bind` says.
+char* moco_dist_new(const char* master_addr, int port, int rank, int world, int64_t timeout_ms,
+                    int nccl, const char* bind, MocoDistGroup** out) {
+  return guarded([&] {
+    auto timeout = std::chrono::milliseconds(timeout_ms);
+    c10d::TCPStoreOptions opts;
+    opts.port = static_cast<std::uint16_t>(port);
+    opts.isServer = rank == 0;
+    opts.numWorkers = world;
+    opts.waitWorkers = true;
+    opts.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(std::string(master_addr), opts);
+    c10::intrusive_ptr<c10d::Store> store =
+        c10::make_intrusive<c10d::PrefixStore>(nccl ? "nccl" : "gloo", tcp);
+    auto group = new MocoDistGroup{store, {}};
+    try {
+      if (nccl) {
+#ifdef MOCO_WITH_NCCL
+        group->backend = moco_nccl_backend(store, rank, world, timeout);
+#else
+        throw std::runtime_error("this build of libtorch has no CUDA, so no NCCL: use gloo");
+#endif
+      } else {
+        auto options = c10d::ProcessGroupGloo::Options::create(timeout);
+        options->devices.push_back(gloo_device(bind));
+        group->backend = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, options);
+      }
+    } catch (...) {
+      delete group;
+      throw;
+    }
+    *out = group;
+  });
+}
+
+void moco_dist_free(MocoDistGroup* group) { delete group; }
+
+// In place over every rank: the sum (op 0), the maximum (op 1) or the minimum (op 2).
+char* moco_dist_all_reduce(MocoDistGroup* group, at::Tensor* tensor, int op) {
+  return guarded([&] {
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = op == 1 ? c10d::ReduceOp::MAX : op == 2 ? c10d::ReduceOp::MIN
+                                                            : c10d::ReduceOp::SUM;
+    std::vector<at::Tensor> tensors{*tensor};
+    wait(group->backend->allreduce(tensors, opts));
+  });
+}
+
+// `tensor` becomes rank `root`'s on every rank.
+char* moco_dist_broadcast(MocoDistGroup* group, at::Tensor* tensor, int root) {
+  return guarded([&] {
+    c10d::BroadcastOptions opts;
+    opts.rootRank = root;
+    std::vector<at::Tensor> tensors{*tensor};
+    wait(group->backend->broadcast(tensors, opts));
+  });
+}
+
+// Every rank's `tensor` (one shape on all ranks), concatenated along dim 0 in rank order.
+char* moco_dist_all_gather(MocoDistGroup* group, const at::Tensor* tensor, at::Tensor** out) {
+  return guarded([&] {
+    auto input = tensor->contiguous();
+    std::vector<at::Tensor> parts;
+    for (int r = 0; r < group->backend->getSize(); ++r) {
+      parts.push_back(at::empty_like(input));
+    }
+    std::vector<std::vector<at::Tensor>> outputs{parts};
+    std::vector<at::Tensor> inputs{input};
+    wait(group->backend->allgather(outputs, inputs));
+    *out = new at::Tensor(at::cat(outputs[0], 0));
+  });
+}
+
+char* moco_dist_barrier(MocoDistGroup* group) {
+  return guarded([&] { wait(group->backend->barrier()); });
+}
+
+}  // extern "C"

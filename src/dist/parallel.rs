@@ -1,0 +1,142 @@
+//! Data parallelism over a process group, laid out so that N ranks compute what one process
+//! computes on the whole batch.
+//!
+//! `batch_size` is the global batch, as the official scripts' `--batch-size` ("total batch size of
+//! all GPUs"). Rank r holds rows r, r+N, r+2N, … of every global batch (DistributedSampler's
+//! interleaving, applied to each batch of the epoch's seeded order). With that layout the
+//! BatchNorm groups line up: one process with `shuffle_bn_splits` = S normalises the rows ≡ g
+//! (mod S) together, and a rank with S/N local groups normalises exactly its rows of the same
+//! global groups. So a run on N ranks equals the single-process run with the same global batch
+//! and S, up to floating-point summation order: the property the tests check.
+use super::group::{ProcessGroup, ReduceOp};
+use crate::moco::params::ParamStore;
+use crate::train::stop::StopRequest;
+use tch::{Kind, Tensor};
+
+/// A collective failed: a peer rank died, stalled past the timeout, or the network broke. The
+/// run cannot go on without it, so callers deep in a forward pass stop the rank with this.
+pub const COLLECTIVE_FAILED: &str = "a collective with the other ranks failed";
+
+pub struct DataParallel {
+    pub group: ProcessGroup,
+}
+
+impl DataParallel {
+    pub fn new(group: ProcessGroup) -> Self {
+        DataParallel { group }
+    }
+
+    pub fn rank(&self) -> usize {
+        self.group.rank()
+    }
+
+    pub fn world(&self) -> usize {
+        self.group.world()
+    }
+
+    /// Rank 0 writes checkpoints, reports progress and runs the kNN monitor.
+    pub fn is_leader(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// This rank's positions in a global batch of `n` rows.
+    pub fn positions(&self, n: usize) -> impl Iterator<Item = usize> {
+        (self.rank()..n).step_by(self.world())
+    }
+
+    /// This rank's rows of a tensor laid out in global order.
+    pub fn local_rows(&self, global: &Tensor) -> Tensor {
+        global.slice(0, self.rank() as i64, None, self.world() as i64)
+    }
+
+    /// Every rank's `local_rows`, back in global order: the inverse of `local_rows` across ranks.
+    /// No gradient flows through it (keys and images only).
+    pub fn gather_rows(&self, local: &Tensor) -> anyhow::Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let gathered = self.group.all_gather(local)?;
+        let size = local.size();
+        let (n, world) = (size[0], self.world() as i64);
+        // gathered[r·n + j] is global row r + N·j.
+        let mut grouped = vec![world, n];
+        grouped.extend_from_slice(&size[1..]);
+        let mut global = vec![world * n];
+        global.extend_from_slice(&size[1..]);
+        Ok(gathered
+            .view(grouped.as_slice())
+            .transpose(0, 1)
+            .contiguous()
+            .view(global.as_slice()))
+    }
+
+    /// Rank 0's values of `tensors`, in place on every rank (the start of training, as DDP's
+    /// constructor broadcasts the module's state).
+    pub fn broadcast_from_leader(&self, tensors: &[&Tensor]) -> anyhow::Result<()> {
+        let _guard = tch::no_grad_guard();
+        for t in tensors {
+            self.group.broadcast_(t, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The gradient becomes the mean of the ranks' gradients, so the step is the one of the
+    /// global batch's mean loss: one all-reduce of the whole flat gradient after backward.
+    pub fn average_gradients(&self, store: &ParamStore) -> anyhow::Result<()> {
+        let _guard = tch::no_grad_guard();
+        let grad = store.flat_grad();
+        self.group.all_reduce_(&grad, ReduceOp::Sum)?;
+        let _ = grad.shallow_clone().g_div_scalar_(self.world() as f64);
+        Ok(())
+    }
+
+    /// The float buffers (BatchNorm's running statistics) become the ranks' mean: each rank moved
+    /// them with its own BN groups, and their mean is the move of all the global batch's groups,
+    /// what one process keeps.
+    pub fn average_buffers(&self, store: &ParamStore) -> anyhow::Result<()> {
+        let _guard = tch::no_grad_guard();
+        let floats: Vec<&Tensor> = store
+            .buffers
+            .iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.kind() == Kind::Float)
+            .collect();
+        if floats.is_empty() {
+            return Ok(());
+        }
+        let flat = Tensor::cat(
+            &floats.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(),
+            0,
+        );
+        self.group.all_reduce_(&flat, ReduceOp::Sum)?;
+        let flat = flat / self.world() as f64;
+        let mut offset = 0;
+        for t in floats {
+            let n = t.numel() as i64;
+            t.shallow_clone()
+                .copy_(&flat.narrow(0, offset, n).view_as(t));
+            offset += n;
+        }
+        Ok(())
+    }
+
+    /// The stop every rank takes: the strongest request any rank saw (a Ctrl-C or cancel reaches
+    /// the ranks at different steps; all of them must stop at the same one).
+    pub fn agree_on_stop(&self, local: StopRequest) -> anyhow::Result<StopRequest> {
+        let code = Tensor::from_slice(&[local.code()]);
+        self.group.all_reduce_(&code, ReduceOp::Max)?;
+        Ok(StopRequest::from_code(code.int64_value(&[0])))
+    }
+
+    /// In place: the ranks' mean of `means` and maximum of `maxima` (metrics of the interval).
+    pub fn reduce_metrics(&self, means: &Tensor, maxima: &Tensor) -> anyhow::Result<()> {
+        self.group.all_reduce_(means, ReduceOp::Sum)?;
+        let _ = means.shallow_clone().g_div_scalar_(self.world() as f64);
+        self.group.all_reduce_(maxima, ReduceOp::Max)
+    }
+
+    /// Rank 0's value of a number, on every rank.
+    pub fn leader_value(&self, value: f64) -> anyhow::Result<f64> {
+        let t = Tensor::from_slice(&[value]);
+        self.group.broadcast_(&t, 0)?;
+        Ok(t.double_value(&[0]))
+    }
+}
