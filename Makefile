@@ -27,7 +27,7 @@ doctor: build
 	./target/release/moco-server doctor
 
 bench: setup
-	cargo bench --bench step --bench augment --bench server --bench quality --bench eval
+	cargo bench --bench step --bench augment --bench server --bench quality --bench eval --bench distributed
 
 # The CUDA checks and the step bench as stripped binaries for a GPU machine without a toolchain:
 # there, `scripts/gpu-check.sh gpu-bin` runs them against that machine's torch 2.11.0.

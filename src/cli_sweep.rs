@@ -216,9 +216,12 @@ fn train_member(
             best_knn: observer.best,
         })
     });
-    worker
-        .join()
-        .map_err(|_| anyhow!("the training thread panicked"))?
+    worker.join().map_err(|panic| {
+        anyhow!(
+            "the training thread panicked: {}",
+            crate::jobs::worker::panic_message(panic.as_ref())
+        )
+    })?
 }
 
 /// Passes events on and keeps the best kNN of the trained encoder (epoch 0 is the untrained

@@ -176,9 +176,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         drop(observer);
         outcome
     });
-    let outcome = worker
-        .join()
-        .map_err(|_| anyhow!("the training thread panicked"))??;
+    let outcome = worker.join().map_err(|panic| {
+        anyhow!(
+            "the training thread panicked: {}",
+            crate::jobs::worker::panic_message(panic.as_ref())
+        )
+    })??;
     if !leader {
         return Ok(match outcome {
             RunOutcome::Completed { .. } => ExitCode::SUCCESS,

@@ -233,9 +233,15 @@ pub fn supervise(
             // Its own process group: a Ctrl-C at the terminal reaches the launcher only, which
             // passes it on once.
             .process_group(0)
-            .stdin(Stdio::null())
-            .stderr(Stdio::piped());
+            .stdin(Stdio::null());
         let leader = rank == 0;
+        // Rank 0's progress bar draws only on a terminal: its stderr is ours, except with JSON
+        // lines, where its last words are kept like the other ranks'.
+        command.stderr(if leader && !json {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        });
         command.stdout(match (leader, json) {
             (true, true) => Stdio::piped(),
             (true, false) => Stdio::inherit(),
@@ -247,7 +253,6 @@ pub fn supervise(
         let last_words = Arc::new(Mutex::new(String::new()));
         if let Some(stderr) = child.stderr.take() {
             let words = last_words.clone();
-            // Rank 0's stderr carries the progress bar: passed through as is.
             let prefix = if leader {
                 String::new()
             } else {
@@ -382,7 +387,6 @@ fn signal_all(pids: &[i32], signal: i32) {
 fn relay_stderr(stderr: impl std::io::Read, prefix: &str, last: &Mutex<String>) {
     let mut reader = BufReader::new(stderr);
     let mut line = Vec::new();
-    // Split at '\r' as well: progress bars redraw with carriage returns.
     while let Ok(n) = reader.read_until(b'\n', &mut line) {
         if n == 0 {
             break;
@@ -394,6 +398,8 @@ fn relay_stderr(stderr: impl std::io::Read, prefix: &str, last: &Mutex<String>) 
         } else {
             let _ = write!(out, "{prefix}{text}");
         }
+        // A line a progress bar redrew with carriage returns: its last segment is what it said
+        // last.
         let trimmed = text.trim_end_matches(['\n', '\r']).trim();
         if !trimmed.is_empty() {
             if let Ok(mut words) = last.lock() {

@@ -11,6 +11,8 @@
 use super::group::{ProcessGroup, ReduceOp};
 use crate::moco::params::ParamStore;
 use crate::train::stop::StopRequest;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tch::{Kind, Tensor};
 
 /// A collective failed: a peer rank died, stalled past the timeout, or the network broke. The
@@ -19,11 +21,31 @@ pub const COLLECTIVE_FAILED: &str = "a collective with the other ranks failed";
 
 pub struct DataParallel {
     pub group: ProcessGroup,
+    /// Nanoseconds spent in collectives since the last `take_comm_time`.
+    comm_ns: AtomicU64,
 }
 
 impl DataParallel {
     pub fn new(group: ProcessGroup) -> Self {
-        DataParallel { group }
+        DataParallel {
+            group,
+            comm_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs a collective, adding its duration to the communication time.
+    fn timed<T>(&self, collective: impl FnOnce(&ProcessGroup) -> T) -> T {
+        let start = Instant::now();
+        let out = collective(&self.group);
+        self.comm_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// The time spent in collectives (waiting for the other ranks included) since the last
+    /// call.
+    pub fn take_comm_time(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.comm_ns.swap(0, Ordering::Relaxed))
     }
 
     pub fn rank(&self) -> usize {
@@ -53,7 +75,7 @@ impl DataParallel {
     /// No gradient flows through it (keys and images only).
     pub fn gather_rows(&self, local: &Tensor) -> anyhow::Result<Tensor> {
         let _guard = tch::no_grad_guard();
-        let gathered = self.group.all_gather(local)?;
+        let gathered = self.timed(|g| g.all_gather(local))?;
         let size = local.size();
         let (n, world) = (size[0], self.world() as i64);
         // gathered[r·n + j] is global row r + N·j.
@@ -73,7 +95,7 @@ impl DataParallel {
     pub fn broadcast_from_leader(&self, tensors: &[&Tensor]) -> anyhow::Result<()> {
         let _guard = tch::no_grad_guard();
         for t in tensors {
-            self.group.broadcast_(t, 0)?;
+            self.timed(|g| g.broadcast_(t, 0))?;
         }
         Ok(())
     }
@@ -83,7 +105,7 @@ impl DataParallel {
     pub fn average_gradients(&self, store: &ParamStore) -> anyhow::Result<()> {
         let _guard = tch::no_grad_guard();
         let grad = store.flat_grad();
-        self.group.all_reduce_(&grad, ReduceOp::Sum)?;
+        self.timed(|g| g.all_reduce_(&grad, ReduceOp::Sum))?;
         let _ = grad.shallow_clone().g_div_scalar_(self.world() as f64);
         Ok(())
     }
@@ -106,7 +128,7 @@ impl DataParallel {
             &floats.iter().map(|t| t.reshape([-1])).collect::<Vec<_>>(),
             0,
         );
-        self.group.all_reduce_(&flat, ReduceOp::Sum)?;
+        self.timed(|g| g.all_reduce_(&flat, ReduceOp::Sum))?;
         let flat = flat / self.world() as f64;
         let mut offset = 0;
         for t in floats {
@@ -122,21 +144,21 @@ impl DataParallel {
     /// the ranks at different steps; all of them must stop at the same one).
     pub fn agree_on_stop(&self, local: StopRequest) -> anyhow::Result<StopRequest> {
         let code = Tensor::from_slice(&[local.code()]);
-        self.group.all_reduce_(&code, ReduceOp::Max)?;
+        self.timed(|g| g.all_reduce_(&code, ReduceOp::Max))?;
         Ok(StopRequest::from_code(code.int64_value(&[0])))
     }
 
     /// In place: the ranks' mean of `means` and maximum of `maxima` (metrics of the interval).
     pub fn reduce_metrics(&self, means: &Tensor, maxima: &Tensor) -> anyhow::Result<()> {
-        self.group.all_reduce_(means, ReduceOp::Sum)?;
+        self.timed(|g| g.all_reduce_(means, ReduceOp::Sum))?;
         let _ = means.shallow_clone().g_div_scalar_(self.world() as f64);
-        self.group.all_reduce_(maxima, ReduceOp::Max)
+        self.timed(|g| g.all_reduce_(maxima, ReduceOp::Max))
     }
 
     /// Rank 0's value of a number, on every rank.
     pub fn leader_value(&self, value: f64) -> anyhow::Result<f64> {
         let t = Tensor::from_slice(&[value]);
-        self.group.broadcast_(&t, 0)?;
+        self.timed(|g| g.broadcast_(&t, 0))?;
         Ok(t.double_value(&[0]))
     }
 }

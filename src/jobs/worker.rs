@@ -214,7 +214,8 @@ fn run_job(job: TrainJob) {
     observer.finish(finished);
 }
 
-pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+/// The message a panic carried (a &str or a String).
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {

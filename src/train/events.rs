@@ -29,6 +29,9 @@ pub mod metric {
     pub const IMAGES_PER_SEC: &str = "images_per_sec";
     /// Mean time per step the trainer waited for the loader, in milliseconds.
     pub const DATA_WAIT_MS: &str = "data_wait_ms";
+    /// Several ranks only: mean time per step this rank spent in collectives with the others
+    /// (sharing keys, images and gradients, and waiting for slower ranks), in milliseconds.
+    pub const COMM_MS: &str = "comm_ms";
     /// CUDA only: memory the caching allocator holds on the device (what nvidia-smi shows for the
     /// process, less the CUDA context), and the most held by live tensors, in MiB.
     pub const DEVICE_MEMORY_MB: &str = "device_memory_mb";

@@ -213,6 +213,12 @@ pub(crate) fn read_metrics(
         metric::DATA_WAIT_MS.into(),
         acc.data_wait.as_secs_f64() * 1000.0 / steps,
     );
+    if let Some(p) = &parallel {
+        values.insert(
+            metric::COMM_MS.into(),
+            p.take_comm_time().as_secs_f64() * 1000.0 / steps,
+        );
+    }
     MetricRecord {
         step: state.step,
         epoch: state.epoch,
