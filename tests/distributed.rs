@@ -1,6 +1,7 @@
 //! Data-parallel training over real c10d process groups (Gloo on the CPU, ranks on 127.0.0.1):
 //! the collectives against hand values, N ranks against one process with the same global batch,
 //! a killed rank, and the launcher's validation.
+use moco_server::config::BnStatsAcrossRanks;
 use moco_server::dist::{CommBackend, DataParallel, ProcessGroup, Rendezvous};
 use moco_server::moco::model::shuffled_encode;
 use moco_server::train::checkpoint::read_safetensors;
@@ -238,6 +239,18 @@ fn collectives_and_the_cross_rank_shuffle_give_hand_values() {
     let mut rng = moco_server::rng::stream(3, moco_server::rng::Purpose::Step, 10);
     let (same, _) = shuffled_encode(&local, Some(&dp), &mut rng, |x| x.shallow_clone());
     assert!(same.equal(&local));
+
+    // BatchNorm statistics after a step: the ranks' mean, or rank 0's as DDP broadcasts them.
+    let mut store = moco_server::moco::params::ParamStore::new(Device::Cpu);
+    let stats = store.buffer(
+        "bn.running_var".into(),
+        Tensor::from_slice(&[r as f32 + 1.0, 4.0 * r as f32]),
+    );
+    dp.sync_buffers(&store, BnStatsAcrossRanks::Mean).unwrap();
+    assert_eq!(values(&stats), [1.5, 2.0]);
+    let _ = stats.shallow_clone().fill_(r + 7.0);
+    dp.sync_buffers(&store, BnStatsAcrossRanks::Rank0).unwrap();
+    assert_eq!(values(&stats), [7.0, 7.0]);
 
     // A stop seen by one rank stops both; rank 0's figure reaches every rank.
     let seen = if rank == 1 {

@@ -102,6 +102,18 @@ choice_enum! { "snake_case",
     }
 }
 
+choice_enum! { "snake_case",
+    /// BatchNorm's running statistics when several processes train one run.
+    pub enum BnStatsAcrossRanks {
+        /// The ranks' mean after each step: the statistics of all the global batch's BatchNorm
+        /// groups, what one process with the same groups keeps.
+        Mean,
+        /// Rank 0's, copied to the others after each step, as DistributedDataParallel
+        /// broadcasts its buffers from rank 0 (the official scripts).
+        Rank0,
+    }
+}
+
 choice_enum! { "lowercase",
     /// How parameters are updated.
     pub enum OptimizerKind {
@@ -432,6 +444,7 @@ mod tests {
         spelled_alike::<Framework>();
         spelled_alike::<OptimizerKind>();
         spelled_alike::<Mechanism>();
+        spelled_alike::<BnStatsAcrossRanks>();
         assert_eq!(MemoryFormat::ChannelsLast.name(), "channels_last");
         assert_eq!(DatasetKind::ImageFolder.name(), "image_folder");
         assert_eq!(

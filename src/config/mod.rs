@@ -95,6 +95,9 @@ fn default_framework() -> Framework {
 fn default_mechanism() -> Mechanism {
     Mechanism::Moco
 }
+fn default_bn_stats_across_ranks() -> BnStatsAcrossRanks {
+    BnStatsAcrossRanks::Mean
+}
 fn default_bank_momentum() -> f64 {
     0.5
 }
@@ -294,6 +297,16 @@ pub struct RunConfig {
     /// BN); must divide batch_size.
     #[schemars(title = "Shuffle-BN splits", range(min = 1, max = 256), extend("x-group" = "moco", "x-resume" = "trajectory"))]
     pub shuffle_bn_splits: i64,
+    /// With several processes (`train --nproc`): BatchNorm's running statistics after each step
+    /// are the ranks' mean (what one process with the same BN groups keeps) or rank 0's (as
+    /// DistributedDataParallel broadcasts them). They only matter for evaluation; one process
+    /// has nothing to choose.
+    #[serde(default = "default_bn_stats_across_ranks")]
+    #[schemars(
+        title = "BN statistics across ranks",
+        extend("x-group" = "moco", "x-resume" = "free")
+    )]
+    pub bn_stats_across_ranks: BnStatsAcrossRanks,
 
     // Optimisation.
     /// The learning rate at lr_base_batch images per step.

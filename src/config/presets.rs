@@ -69,6 +69,7 @@ impl RunConfig {
             queue_size: 65536,
             symmetric: false,
             shuffle_bn_splits: 8,
+            bn_stats_across_ranks: BnStatsAcrossRanks::Mean,
             batch_size: 256,
             epochs: 200,
             base_lr: 0.03,

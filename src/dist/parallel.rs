@@ -9,6 +9,7 @@
 //! global groups. So a run on N ranks equals the single-process run with the same global batch
 //! and S, up to floating-point summation order: the property the tests check.
 use super::group::{ProcessGroup, ReduceOp};
+use crate::config::BnStatsAcrossRanks;
 use crate::moco::params::ParamStore;
 use crate::train::stop::StopRequest;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,6 +147,28 @@ impl DataParallel {
         let code = Tensor::from_slice(&[local.code()]);
         self.timed(|g| g.all_reduce_(&code, ReduceOp::Max))?;
         Ok(StopRequest::from_code(code.int64_value(&[0])))
+    }
+
+    /// The float buffers become rank 0's (`bn_stats_across_ranks = rank0`, as DDP's
+    /// `broadcast_buffers`).
+    pub fn broadcast_buffers(&self, store: &ParamStore) -> anyhow::Result<()> {
+        let _guard = tch::no_grad_guard();
+        for (_, t) in store
+            .buffers
+            .iter()
+            .filter(|(_, t)| t.kind() == Kind::Float)
+        {
+            self.timed(|g| g.broadcast_(t, 0))?;
+        }
+        Ok(())
+    }
+
+    /// The float buffers after a step, as `rule` says.
+    pub fn sync_buffers(&self, store: &ParamStore, rule: BnStatsAcrossRanks) -> anyhow::Result<()> {
+        match rule {
+            BnStatsAcrossRanks::Mean => self.average_buffers(store),
+            BnStatsAcrossRanks::Rank0 => self.broadcast_buffers(store),
+        }
     }
 
     /// In place: the ranks' mean of `means` and maximum of `maxima` (metrics of the interval).

@@ -6,7 +6,7 @@ use super::memory_bank::MemoryBank;
 use super::params::ParamStore;
 use super::queue::Queue;
 use super::shuffle::Shuffle;
-use crate::config::{Framework, Mechanism, RunConfig};
+use crate::config::{BnStatsAcrossRanks, Framework, Mechanism, RunConfig};
 use crate::dist::DataParallel;
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
@@ -119,6 +119,8 @@ pub struct MocoModel {
     queue_size: i64,
     /// The other ranks of a data-parallel run: keys are shuffled across them and gathered.
     parallel: Option<Arc<DataParallel>>,
+    /// What becomes of BatchNorm's running statistics across those ranks after a step.
+    pub bn_stats_across_ranks: BnStatsAcrossRanks,
 }
 
 impl MocoModel {
@@ -152,6 +154,7 @@ impl MocoModel {
             splits: cfg.shuffle_bn_splits,
             queue_size: cfg.queue_size,
             parallel: None,
+            bn_stats_across_ranks: cfg.bn_stats_across_ranks,
         }
     }
 

@@ -64,8 +64,8 @@ pub fn train_step(
     optimizer.step(&model.query.store, params.lr);
     model.store_keys(&out, params.step + 1);
     if let Some(p) = &parallel {
-        p.average_buffers(&model.query.store)?;
-        p.average_buffers(&model.key.store)?;
+        p.sync_buffers(&model.query.store, model.bn_stats_across_ranks)?;
+        p.sync_buffers(&model.key.store, model.bn_stats_across_ranks)?;
     }
     Ok(out)
 }
