@@ -16,6 +16,7 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/torch_ext.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/dist_nccl.cpp");
+    println!("cargo:rerun-if-changed=csrc/guarded.h");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB").expect(
         "torch-sys reports DEP_TCH_LIBTORCH_LIB (run `make` so scripts/setup.sh prepares libtorch)",

@@ -4,8 +4,7 @@
 // barrier. Every collective waits for its completion, so a tensor is ready when the call returns;
 // a peer that died or stalled surfaces as an error after the group's timeout, never a hang.
 //
-// As in csrc/torch_ext.cpp, tensors cross as `at::Tensor*` and each function returns nullptr or
-// a strdup'd message that the caller frees with moco_ext_free.
+// As in csrc/torch_ext.cpp, tensors cross as `at::Tensor*` and errors follow csrc/guarded.h.
 #include <ATen/ATen.h>
 #include <torch/csrc/distributed/c10d/Backend.hpp>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -17,6 +16,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <utility>
 #include <vector>
 
 #ifdef MOCO_WITH_NCCL
@@ -31,18 +31,13 @@ struct MocoDistGroup {
   c10::intrusive_ptr<c10d::Backend> backend;
 };
 
+#include "guarded.h"
+
 namespace {
 
 template <typename F>
-char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return strdup(e.what());
-  } catch (...) {
-    return strdup("unknown c10d error");
-  }
+char* c10d_guarded(F&& body) {
+  return guarded(std::forward<F>(body), "unknown c10d error");
 }
 
 // `bind`: "" binds Gloo to the address this machine's hostname resolves to (loopback when it
@@ -70,7 +65,7 @@ extern "C" {
 // otherwise Gloo bound as `bind` says.
 char* moco_dist_new(const char* master_addr, int port, int rank, int world, int64_t timeout_ms,
                     int nccl, const char* bind, MocoDistGroup** out) {
-  return guarded([&] {
+  return c10d_guarded([&] {
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions opts;
     opts.port = static_cast<std::uint16_t>(port);
@@ -106,7 +101,7 @@ void moco_dist_free(MocoDistGroup* group) { delete group; }
 
 // In place over every rank: the sum (op 0), the maximum (op 1) or the minimum (op 2).
 char* moco_dist_all_reduce(MocoDistGroup* group, at::Tensor* tensor, int op) {
-  return guarded([&] {
+  return c10d_guarded([&] {
     c10d::AllreduceOptions opts;
     opts.reduceOp = op == 1 ? c10d::ReduceOp::MAX : op == 2 ? c10d::ReduceOp::MIN
                                                             : c10d::ReduceOp::SUM;
@@ -117,7 +112,7 @@ char* moco_dist_all_reduce(MocoDistGroup* group, at::Tensor* tensor, int op) {
 
 // `tensor` becomes rank `root`'s on every rank.
 char* moco_dist_broadcast(MocoDistGroup* group, at::Tensor* tensor, int root) {
-  return guarded([&] {
+  return c10d_guarded([&] {
     c10d::BroadcastOptions opts;
     opts.rootRank = root;
     std::vector<at::Tensor> tensors{*tensor};
@@ -127,7 +122,7 @@ char* moco_dist_broadcast(MocoDistGroup* group, at::Tensor* tensor, int root) {
 
 // Every rank's `tensor` (one shape on all ranks), concatenated along dim 0 in rank order.
 char* moco_dist_all_gather(MocoDistGroup* group, const at::Tensor* tensor, at::Tensor** out) {
-  return guarded([&] {
+  return c10d_guarded([&] {
     auto input = tensor->contiguous();
     std::vector<at::Tensor> parts;
     for (int r = 0; r < group->backend->getSize(); ++r) {
@@ -141,7 +136,7 @@ char* moco_dist_all_gather(MocoDistGroup* group, const at::Tensor* tensor, at::T
 }
 
 char* moco_dist_barrier(MocoDistGroup* group) {
-  return guarded([&] { wait(group->backend->barrier()); });
+  return c10d_guarded([&] { wait(group->backend->barrier()); });
 }
 
 }  // extern "C"

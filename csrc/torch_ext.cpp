@@ -23,19 +23,9 @@
 #include <utility>
 #include <vector>
 
-namespace {
+#include "guarded.h"
 
-template <typename F>
-char* guarded(F&& body) {
-  try {
-    body();
-    return nullptr;
-  } catch (const std::exception& e) {
-    return strdup(e.what());
-  } catch (...) {
-    return strdup("unknown libtorch error");
-  }
-}
+namespace {
 
 at::DeviceType device_type(int cuda) { return cuda ? at::kCUDA : at::kCPU; }
 

@@ -27,6 +27,12 @@ const TIMEOUT_ENV: &str = "MOCO_DIST_TIMEOUT";
 /// The exit status of a rank that stopped on Ctrl-C (or a cancel) after rank 0 saved.
 pub const INTERRUPTED_STATUS: i32 = 130;
 
+/// Where rank 0's store listens unless told: this machine, torchrun's default port.
+const DEFAULT_MASTER_ADDR: &str = "127.0.0.1";
+const DEFAULT_MASTER_PORT: u16 = 29500;
+/// How long a rank waits for the others (PyTorch's default for Gloo), in seconds.
+const DEFAULT_TIMEOUT_SECS: u64 = 1800;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct LaunchArgs {
     /// Processes on this machine, one per device: CPU processes over Gloo, GPUs over NCCL.
@@ -44,7 +50,7 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 0)]
     pub node_rank: u16,
     /// Address of the machine with --node-rank 0 (the rendezvous store).
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = DEFAULT_MASTER_ADDR)]
     pub master_addr: String,
     /// Port of the rendezvous store on that machine. Default: 29500 across machines, a free
     /// port on one machine.
@@ -52,7 +58,7 @@ pub struct LaunchArgs {
     pub master_port: Option<u16>,
     /// Seconds a rank waits for the others (to join, and in any collective) before the run
     /// fails instead of hanging.
-    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS, value_parser = clap::value_parser!(u64).range(1..))]
     pub dist_timeout: u64,
 }
 
@@ -134,11 +140,13 @@ impl RankPlace {
             "LOCAL_WORLD_SIZE",
             &var("LOCAL_WORLD_SIZE").unwrap_or_else(|| world.to_string()),
         )?;
-        let master_addr = var("MASTER_ADDR").unwrap_or_else(|| "127.0.0.1".into());
-        let port = var("MASTER_PORT").unwrap_or_else(|| "29500".into());
-        let master_port = port
-            .parse()
-            .map_err(|_| anyhow!("MASTER_PORT: {port:?} is not a port"))?;
+        let master_addr = var("MASTER_ADDR").unwrap_or_else(|| DEFAULT_MASTER_ADDR.into());
+        let master_port = match var("MASTER_PORT") {
+            Some(port) => port
+                .parse()
+                .map_err(|_| anyhow!("MASTER_PORT: {port:?} is not a port"))?,
+            None => DEFAULT_MASTER_PORT,
+        };
         let backend = match var(BACKEND_ENV) {
             Some(name) => name
                 .parse()
@@ -147,7 +155,7 @@ impl RankPlace {
         };
         let timeout = match var(TIMEOUT_ENV) {
             Some(s) => Duration::from_secs(number(TIMEOUT_ENV, &s)? as u64),
-            None => Duration::from_secs(1800),
+            None => Duration::from_secs(DEFAULT_TIMEOUT_SECS),
         };
         if rank >= world {
             bail!("RANK {rank} is not below WORLD_SIZE {world}");
@@ -209,7 +217,7 @@ pub fn supervise(
     let port = match args.master_port {
         Some(port) => port,
         None if args.nnodes == 1 => free_port()?,
-        None => 29500,
+        None => DEFAULT_MASTER_PORT,
     };
     let exe = std::env::current_exe().context("cannot find this program to start the ranks")?;
     let nproc = usize::from(args.nproc);

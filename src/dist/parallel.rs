@@ -116,12 +116,7 @@ impl DataParallel {
     /// what one process keeps.
     pub fn average_buffers(&self, store: &ParamStore) -> anyhow::Result<()> {
         let _guard = tch::no_grad_guard();
-        let floats: Vec<&Tensor> = store
-            .buffers
-            .iter()
-            .map(|(_, t)| t)
-            .filter(|t| t.kind() == Kind::Float)
-            .collect();
+        let floats: Vec<&Tensor> = float_buffers(store).collect();
         if floats.is_empty() {
             return Ok(());
         }
@@ -153,11 +148,7 @@ impl DataParallel {
     /// `broadcast_buffers`).
     pub fn broadcast_buffers(&self, store: &ParamStore) -> anyhow::Result<()> {
         let _guard = tch::no_grad_guard();
-        for (_, t) in store
-            .buffers
-            .iter()
-            .filter(|(_, t)| t.kind() == Kind::Float)
-        {
+        for t in float_buffers(store) {
             self.timed(|g| g.broadcast_(t, 0))?;
         }
         Ok(())
@@ -184,4 +175,14 @@ impl DataParallel {
         self.timed(|g| g.broadcast_(&t, 0))?;
         Ok(t.double_value(&[0]))
     }
+}
+
+/// The store's float buffers: BatchNorm's running statistics (`num_batches_tracked` is an integer
+/// count, the same on every rank).
+fn float_buffers(store: &ParamStore) -> impl Iterator<Item = &Tensor> {
+    store
+        .buffers
+        .iter()
+        .map(|(_, t)| t)
+        .filter(|t| t.kind() == Kind::Float)
 }

@@ -136,11 +136,10 @@ pub(crate) fn read_metrics(
     let steps = acc.steps.max(1) as f64;
     let parallel = model.parallel();
     let mut neg_max = acc.neg_max.shallow_clone();
-    let mut means = Tensor::stack(&[&acc.loss, &acc.top1, &acc.pos, &acc.neg], 0) / steps;
+    let means = Tensor::stack(&[&acc.loss, &acc.top1, &acc.pos, &acc.neg], 0) / steps;
     if let Some(p) = &parallel {
         // Each rank saw its rows of the batches: the interval's figures are the ranks' mean (and
         // maximum). Everything else read here is the same on every rank.
-        means = means.contiguous();
         neg_max = neg_max.reshape([1]).copy();
         p.reduce_metrics(&means, &neg_max)
             .expect(crate::dist::parallel::COLLECTIVE_FAILED);
