@@ -287,12 +287,15 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     // process; only the order of float sums differs (half-batch kernels, the all-reduce). That
     // moves activations by ~1e-7, which now and then flips a ReLU sitting at 0 and so changes a
     // gradient outright: forward figures stay within 1e-6 while a flipped unit's weights move
-    // by lr × its gradient. Measured over seeds 0–5 at 4 steps of this size: loss ≤ 1.6e-4
-    // (≤ 1e-6 without a flip), parameters ≤ 4.2e-3, BatchNorm statistics ≤ 4.4e-4, queue ≤
-    // 1.0e-5, momentum buffer ≤ 6.8e-2 (of max 1.3). The bounds are 3× those; a rank reading
-    // the wrong rows, or gradients or keys not shared, is off by 0.1 and more at once.
+    // by lr × its gradient. Measured with exactly this run over seeds 0–5 × OMP_NUM_THREADS 1
+    // and 2: loss ≤ 6.8e-4 (≤ 1.2e-6 without a flip), parameters ≤ 2.3e-3, BatchNorm
+    // statistics ≤ 2.4e-4, queue ≤ 1.5e-5, momentum buffer ≤ 7.7e-2 (of max 1.3); with 4 steps
+    // of one epoch at splits 2 and 4, parameters ≤ 4.2e-3 and BatchNorm statistics ≤ 4.4e-4.
+    // The bounds are at least 3× those. Two ranks with the wrong BatchNorm groups (one process
+    // at splits 2) are off by: loss 2.5e-3 to 2.5e-2, parameters 9.1e-2, BatchNorm statistics
+    // 0.21, queue 0.12, momentum 0.72.
     for (step, (a, b)) in l1.iter().zip(&l2).enumerate() {
-        assert!((a - b).abs() < 5e-4, "step {}: loss {a} vs {b}", step + 1);
+        assert!((a - b).abs() < 2.1e-3, "step {}: loss {a} vs {b}", step + 1);
     }
     assert!(
         (l1[3] - l1[0]).abs() > 0.1,
@@ -305,8 +308,8 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     for (kind, bound) in [
         ("parameters", 1.5e-2),
         ("bn_statistics", 1.5e-3),
-        ("queue", 3e-5),
-        ("momentum_buffer", 0.2),
+        ("queue", 5e-5),
+        ("momentum_buffer", 0.25),
     ] {
         let (diff, name) = &worst[kind];
         assert!(diff < &bound, "{kind}: {name} differs by {diff}");
