@@ -178,7 +178,7 @@ fn engine_step_timing(
     let mut step = |i: i64| {
         let out = {
             let _autocast = precision.map(|p| AutocastGuard::new(device, p).expect("autocast"));
-            model.forward_step(&x1, &x2, 0.99, &mut rng)
+            model.forward_step(&x1, &x2, 0.99, &mut rng).unwrap()
         };
         model.query.store.zero_grad();
         optimizer.backward(&out.loss);

@@ -203,7 +203,7 @@ pub fn augment_preview(args: AugmentPreviewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes to a temporary file next to `path`, then renames it into place.
+/// Writes the file in place of `path` atomically; its directory must exist.
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -214,14 +214,5 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         "--out: the directory {} does not exist",
         dir.display()
     );
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".preview-")
-        .suffix(".png")
-        .tempfile_in(dir)
-        .with_context(|| format!("--out: cannot write in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .with_context(|| format!("--out: cannot write {}", path.display()))?;
-    tmp.persist(path)
-        .with_context(|| format!("--out: cannot write {}", path.display()))?;
-    Ok(())
+    crate::train::checkpoint::write_atomically(path, bytes).context("--out")
 }

@@ -1,7 +1,7 @@
 //! `moco-server train` and `moco-server export`: the engine headless, with a progress bar or
 //! JSON lines, Ctrl-C saving a checkpoint.
 use crate::config::Choice;
-use crate::config::{describe_errors, DeviceChoice, Preset, RunConfig};
+use crate::config::{describe_errors, Preset, RunConfig};
 use crate::dist::launch::{LaunchArgs, RankPlace};
 use crate::dist::{CommBackend, DataParallel, ProcessGroup};
 use crate::train::events::{metric, LogLevel, Observer, RunOutcome, TrainEvent};
@@ -104,16 +104,22 @@ pub fn build_config(args: &ConfigArgs) -> anyhow::Result<RunConfig> {
     Ok(cfg)
 }
 
-pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
-    let cfg = build_config(&args.base)?;
+pub fn train(mut args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = build_config(&args.base)?;
+    // --nproc is the `devices` setting, given on the command line.
+    if let Some(nproc) = args.launch.nproc {
+        cfg.devices = i64::from(nproc);
+        cfg.validate()
+            .map_err(|errors| anyhow!("{}", describe_errors(&errors)))?;
+    }
+    args.launch.nproc = Some(cfg.devices as u16);
     if args.print_config {
         print!("{}", cfg.to_toml());
         return Ok(ExitCode::SUCCESS);
     }
-    let mut device = crate::config::parse_device(&cfg.device)
-        .unwrap_or(DeviceChoice::Auto)
-        .resolve()
-        .map_err(|e| anyhow!("device: {e}"))?;
+    let rank_devices = crate::config::devices::resolve_rank_devices(&cfg.device, cfg.devices)
+        .map_err(|e| anyhow!("{}", describe_errors(&[e])))?;
+    let mut device = rank_devices[0];
     let place = RankPlace::from_env()?;
     if place.is_none() && args.launch.is_distributed() {
         let backend = args.launch.validate(device.is_cuda())?;
@@ -127,7 +133,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
         place.set_threads();
         device = match place.rendezvous.backend {
             CommBackend::Gloo => tch::Device::Cpu,
-            CommBackend::Nccl => tch::Device::Cuda(place.local_rank),
+            // This machine's ranks take a GPU each, as `device` lays them out for as many
+            // processes as the launcher (or torchrun) started here.
+            CommBackend::Nccl => {
+                crate::config::devices::resolve_rank_devices(&cfg.device, place.local_world as i64)
+                    .map_err(|e| anyhow!("{}", describe_errors(&[e])))?[place.local_rank]
+            }
         };
         let group = ProcessGroup::join(&place.rendezvous)?;
         parallel = Some(std::sync::Arc::new(DataParallel::new(group)));
@@ -139,14 +150,22 @@ pub fn train(args: TrainArgs) -> anyhow::Result<ExitCode> {
     };
     let stop = StopFlag::new();
     let handler_stop = stop.clone();
+    // A rank is signalled by its launcher, which tells the user what happens (and after a rank
+    // failed, stops the others with a signal that saves nothing): a rank says nothing itself.
+    let speaks = place.is_none();
     ctrlc::set_handler(move || {
         if handler_stop.is_set() {
-            eprintln!("\nstopping now");
+            if speaks {
+                eprintln!("\nstopping now");
+            }
             std::process::exit(130);
         }
-        eprintln!(
-            "\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to quit at once)"
-        );
+        if speaks {
+            eprintln!(
+                "\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to quit at \
+                 once)"
+            );
+        }
         handler_stop.interrupt();
     })
     .context("cannot install the Ctrl-C handler")?;

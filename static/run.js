@@ -16,6 +16,11 @@
     "key_age_mean", "key_age_max", "queue_similarity", "drift", "images_per_sec", "data_wait_ms",
     "device_memory_mb", "device_memory_peak_mb", "loss_scale", "grad_norm", "grad_norm_first",
   ];
+  // A run on several processes: each rank's images/s of its own work (metric names as
+  // train::events::metric::per_rank spells them).
+  const RANKS = Array.from({ length: info.ranks || 0 }, (_, r) => "images_per_sec_rank" + r);
+  const RANK_COMM = Array.from({ length: info.ranks || 0 }, (_, r) => "comm_ms_rank" + r);
+  METRICS.push(...RANKS, ...RANK_COMM);
   const $ = (id) => document.getElementById(id);
 
   const store = new Moco.SeriesStore();
@@ -66,6 +71,10 @@
       ],
       axes: [{ scale: "first", label: "first layer" }],
     }),
+    ranks: $("chart-ranks") && new Moco.Chart($("chart-ranks"), {
+      yLabel: "images/s (own work)",
+      series: RANKS.map((_, r) => ({ label: "rank " + r })),
+    }),
     queue: new Moco.Chart($("chart-queue"), {
       yLabel: "similarity",
       series: [{ label: "queue similarity", color: "#c92a2a" }, { label: "drift", scale: "drift", color: "#5c940d" }],
@@ -86,6 +95,7 @@
     charts.speed.setData(store.aligned(["images_per_sec", "data_wait_ms"]));
     charts.grad.setData(store.aligned(["grad_norm", "grad_norm_first"]));
     charts.queue.setData(store.aligned(["queue_similarity", "drift"]));
+    if (charts.ranks) charts.ranks.setData(store.aligned(RANKS));
     updateQueueStats();
   });
 

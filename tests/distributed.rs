@@ -1,6 +1,8 @@
 //! Data-parallel training over real c10d process groups (Gloo on the CPU, ranks on 127.0.0.1):
 //! the collectives against hand values, N ranks against one process with the same global batch,
-//! a killed rank, and the launcher's validation.
+//! a killed rank, the launcher's validation, and runs on several processes through the server.
+mod common;
+
 use moco_server::config::BnStatsAcrossRanks;
 use moco_server::dist::{CommBackend, DataParallel, ProcessGroup, Rendezvous};
 use moco_server::moco::model::shuffled_encode;
@@ -225,7 +227,8 @@ fn collectives_and_the_cross_rank_shuffle_give_hand_values() {
     // Shuffle, encode, unshuffle across ranks: with an encoder that marks its rank, each row
     // comes back to its place, encoded by the rank that held its shuffled position.
     let mut rng = moco_server::rng::stream(3, moco_server::rng::Purpose::Step, 9);
-    let (k_local, k_all) = shuffled_encode(&local, Some(&dp), &mut rng, |x| x + 1000.0 * r);
+    let (k_local, k_all) =
+        shuffled_encode(&local, Some(&dp), &mut rng, |x| x + 1000.0 * r).unwrap();
     let mut again = moco_server::rng::stream(3, moco_server::rng::Purpose::Step, 9);
     let perm = moco_server::moco::shuffle::Shuffle::new(6, &mut again, Device::Cpu);
     let forward: Vec<i64> = Vec::try_from(&perm.forward).unwrap();
@@ -237,7 +240,7 @@ fn collectives_and_the_cross_rank_shuffle_give_hand_values() {
     assert!(k_local.equal(&dp.local_rows(&k_all)));
     // Without marks the round trip is the identity on each rank's rows.
     let mut rng = moco_server::rng::stream(3, moco_server::rng::Purpose::Step, 10);
-    let (same, _) = shuffled_encode(&local, Some(&dp), &mut rng, |x| x.shallow_clone());
+    let (same, _) = shuffled_encode(&local, Some(&dp), &mut rng, |x| x.shallow_clone()).unwrap();
     assert!(same.equal(&local));
 
     // BatchNorm statistics after a step: the ranks' mean, or rank 0's as DDP broadcasts them.
@@ -329,13 +332,18 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     );
 }
 
-/// The pids of `parent`'s children.
+/// The pids of `parent`'s children, whichever of its threads started them.
 fn children_of(parent: u32) -> Vec<u32> {
-    let path = format!("/proc/{parent}/task/{parent}/children");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(|p| p.parse().unwrap())
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{parent}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect::<Vec<u32>>()
+        })
         .collect()
 }
 
@@ -440,4 +448,321 @@ fn a_distributed_run_that_cannot_split_is_refused_before_any_rank_starts() {
     }
     let out = train(dir.path(), &["--nproc", "2", "--backend", "nccl"], &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--backend nccl needs GPUs"));
+}
+
+/// When an API time (RFC 3339) was.
+fn when(value: &Value) -> time::OffsetDateTime {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {value}"));
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap()
+}
+
+#[tokio::test]
+async fn the_server_trains_a_run_on_two_processes_with_the_cpu_to_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = common::Server::start(&tmp.path().join("data"));
+    let two = |overrides: Value| {
+        let mut run = common::tiny_run("two", 2);
+        run["devices"] = 2.into();
+        for (k, v) in overrides.as_object().unwrap() {
+            run[k] = v.clone();
+        }
+        run
+    };
+
+    // What the ranks could not train is refused with the field, and nothing is stored.
+    let refused = [
+        (
+            two(serde_json::json!({"framework": "v3"})),
+            "framework",
+            "SyncBatchNorm",
+        ),
+        (
+            two(serde_json::json!({"devices": 3})),
+            "batch_size",
+            "split evenly over 3 ranks",
+        ),
+        (
+            two(serde_json::json!({"device": "cuda:0,cuda:1", "devices": 3})),
+            "devices",
+            "devices must be 2",
+        ),
+        (
+            two(serde_json::json!({"device": "cpu,cuda:0"})),
+            "device",
+            "either the CPU",
+        ),
+    ];
+    for (config, field, words) in refused {
+        let (status, body) = server.post("/api/runs", &config).await;
+        assert_eq!(status, 422, "{body}");
+        let errors = body["errors"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{body}"));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["field"] == field && e["message"].as_str().unwrap().contains(words)),
+            "{field}: {body}"
+        );
+    }
+    assert_eq!(server.run_count().await, 0);
+
+    // A run on two CPU processes, then a run on one queued behind it: the ranks have the CPU to
+    // themselves, so the second starts only once the first has ended.
+    let (status, created) = server.post("/api/runs", &two(serde_json::json!({}))).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["run"]["id"].as_i64().unwrap();
+    assert_eq!(created["run"]["device"], "cpu,cpu");
+    assert_eq!(created["config"]["devices"], 2);
+    let after = server.create_run(&common::tiny_run("after", 1)).await;
+    let run = server.wait_state_fail_fast(id, &["completed"]).await;
+    let next = server.wait_state_fail_fast(after, &["completed"]).await;
+    assert!(
+        when(&next["started_at"]) >= when(&run["finished_at"]),
+        "{next} started while {run} trained"
+    );
+
+    // The same run as on one process: 64 images / global batch 32 = 2 steps per epoch, kNN of
+    // the untrained encoder and after each epoch, the encoder exported by rank 0.
+    assert_eq!(run["step"], 4);
+    assert_eq!(run["total_steps"], 4);
+    assert!(run["images_per_sec"].as_f64().unwrap() > 0.0);
+    let evals = server
+        .get_json(&format!("/api/runs/{id}/evaluations"))
+        .await;
+    let epochs: Vec<i64> = evals["evaluations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["epoch"].as_i64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![0, 1, 2]);
+    let ckpts = server.checkpoints(id).await;
+    let encoder = ckpts
+        .iter()
+        .find(|c| c["kind"] == "encoder")
+        .expect("an encoder");
+    let body = server
+        .get(encoder["download_url"].as_str().unwrap())
+        .await
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        common::sha256_hex(&body),
+        encoder["sha256"].as_str().unwrap()
+    );
+    assert!(ckpts.iter().any(|c| c["kind"] == "full" && c["step"] == 4));
+
+    // Each rank's own throughput and time in collectives, at every step. A rank's own work is
+    // its interval less its time in collectives, so its images/s are at least its share of the
+    // run's (16 of 32 images over the whole interval): exactly so for rank 0, whose interval the
+    // run's figure is; rank 1's interval starts and ends at the same collectives, give or take
+    // well under the 10% allowed of a step of ~30 ms. 16 images in well under a microsecond
+    // would mean waits from outside the interval were counted in it.
+    let names =
+        "images_per_sec,images_per_sec_rank0,images_per_sec_rank1,comm_ms_rank0,comm_ms_rank1";
+    let m = server
+        .get_json(&format!("/api/runs/{id}/metrics?names={names}"))
+        .await;
+    let series = |name: &str| -> Vec<(i64, f64)> {
+        m["series"][name]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: {m}"))
+            .iter()
+            .map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap()))
+            .collect()
+    };
+    let run_speed = series("images_per_sec");
+    for rank in 0..2 {
+        let own = series(&format!("images_per_sec_rank{rank}"));
+        let comm = series(&format!("comm_ms_rank{rank}"));
+        let steps: Vec<i64> = own.iter().map(|p| p.0).collect();
+        assert_eq!(steps, vec![1, 2, 3, 4], "rank {rank}");
+        assert_eq!(comm.len(), 4, "rank {rank}");
+        for ((&(step, own), &(_, whole)), &(_, ms)) in own.iter().zip(&run_speed).zip(&comm) {
+            assert!(
+                own >= whole / 2.0 * 0.9 && own < 1e6,
+                "rank {rank} step {step}: {own} images/s of its own, the run {whole}"
+            );
+            assert!(ms >= 0.0, "rank {rank} step {step}: {ms} ms");
+        }
+    }
+
+    // The run page lists the ranks with their devices and figures.
+    let page = server
+        .get(&format!("/runs/{id}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"rank-table\""), "{page}");
+    for rank in ["0", "1"] {
+        assert!(
+            page.contains(&format!(
+                "<tr data-rank=\"{rank}\"><td class=\"num\">{rank}</td><td class=\"mono\">cpu</td>"
+            )),
+            "rank {rank}"
+        );
+        assert!(page.contains(&format!("data-metric=\"images_per_sec_rank{rank}\"")));
+    }
+    let single = server
+        .get(&format!("/runs/{after}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!single.contains("rank-table"));
+}
+
+/// The launcher the server started for its run, and that launcher's rank `rank`.
+fn launcher_and_rank(server_pid: u32, rank: &str) -> (u32, u32) {
+    for launcher in children_of(server_pid) {
+        if let Some(pid) = children_of(launcher)
+            .into_iter()
+            .find(|&pid| rank_of(pid).as_deref() == Some(rank))
+        {
+            return (launcher, pid);
+        }
+    }
+    panic!("no rank {rank} under the server");
+}
+
+#[tokio::test]
+async fn a_run_on_two_processes_cancels_resumes_and_fails_with_the_rank_that_died() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = common::Server::start(&tmp.path().join("data"));
+    let mut config = common::tiny_run("long", 30);
+    config["devices"] = 2.into();
+    config["knn_every"] = 0.into();
+    let id = server.create_run(&config).await;
+
+    // A cancel reaches every rank at the same step; rank 0 writes the checkpoint.
+    server
+        .wait_run(id, |run| run["step"].as_i64().unwrap() >= 3)
+        .await;
+    let (status, body) = server
+        .post(&format!("/api/runs/{id}/cancel"), &Value::Null)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let cancelled = server.wait_finished(id).await;
+    assert_eq!(cancelled["state"], "cancelled", "{cancelled}");
+    let at = cancelled["step"].as_i64().unwrap();
+    assert!(
+        server
+            .checkpoints(id)
+            .await
+            .iter()
+            .any(|c| c["kind"] == "full" && c["step"] == at),
+        "a full checkpoint at step {at}"
+    );
+
+    // Resumed, it goes on from there; a rank killed then fails the run, naming it.
+    let (status, body) = server
+        .post(&format!("/api/runs/{id}/resume"), &Value::Null)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    server
+        .wait_run(id, |run| {
+            run["state"] == "running" && run["step"].as_i64().unwrap() > at + 1
+        })
+        .await;
+    let (launcher, rank1) = launcher_and_rank(server.pid(), "1");
+    let killed_at = Instant::now();
+    unsafe { libc::kill(rank1 as i32, libc::SIGKILL) };
+    let failed = server.wait_finished(id).await;
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(30),
+        "ended {:?} after the kill",
+        killed_at.elapsed()
+    );
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("rank 1 (pid {rank1}) was killed by signal 9")),
+        "{error}"
+    );
+    assert!(children_of(launcher).is_empty(), "every rank stopped");
+
+    // A failed run resumes from its last checkpoint and completes.
+    let (status, body) = server
+        .post(&format!("/api/runs/{id}/resume"), &Value::Null)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let done = server.wait_state_fail_fast(id, &["completed"]).await;
+    assert_eq!(done["step"], 60);
+}
+
+/// Whether process `pid` is gone (or a zombie nobody has reaped yet, which runs nothing).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn a_run_on_two_processes_survives_a_shutdown_and_a_crash_of_the_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut server = common::Server::start(&data);
+    let mut config = common::tiny_run("long", 30);
+    config["devices"] = 2.into();
+    config["knn_every"] = 0.into();
+    let id = server.create_run(&config).await;
+    server
+        .wait_run(id, |run| run["step"].as_i64().unwrap() >= 3)
+        .await;
+
+    // A shutdown interrupts the ranks at one step and rank 0 saves it.
+    assert!(server.terminate().success());
+    let mut server = common::Server::start(&data);
+    let run = server.run(id).await;
+    assert_eq!(run["state"], "interrupted", "{run}");
+    let at = run["step"].as_i64().unwrap();
+    assert!(at >= 3);
+    assert!(server
+        .checkpoints(id)
+        .await
+        .iter()
+        .any(|c| c["kind"] == "full" && c["step"] == at));
+
+    // Resumed, then the server is killed: its launcher and ranks stop instead of training on
+    // unwatched, and the next server finds the run interrupted and resumes it to the end.
+    let (status, body) = server
+        .post(&format!("/api/runs/{id}/resume"), &Value::Null)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    server
+        .wait_run(id, |run| {
+            run["state"] == "running" && run["step"].as_i64().unwrap() > at + 1
+        })
+        .await;
+    let (launcher, rank1) = launcher_and_rank(server.pid(), "1");
+    let rank0 = children_of(launcher)
+        .into_iter()
+        .find(|&pid| pid != rank1)
+        .expect("rank 0");
+    server.crash();
+    let crashed_at = Instant::now();
+    while ![launcher, rank0, rank1].into_iter().all(gone) {
+        assert!(
+            crashed_at.elapsed() < Duration::from_secs(60),
+            "the ranks kept running after the server died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let server = common::Server::start(&data);
+    assert_eq!(server.run(id).await["state"], "interrupted");
+    let (status, body) = server
+        .post(&format!("/api/runs/{id}/resume"), &Value::Null)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let done = server.wait_state_fail_fast(id, &["completed"]).await;
+    assert_eq!(done["step"], 60);
 }

@@ -176,7 +176,9 @@ fn a_cuda_step_matches_the_cpu_step(device: Device) {
             model = on_device;
         }
         let mut rng = ChaCha8Rng::seed_from_u64(4);
-        let out = model.forward_step(&x1.to_device(d), &x2.to_device(d), 0.99, &mut rng);
+        let out = model
+            .forward_step(&x1.to_device(d), &x2.to_device(d), 0.99, &mut rng)
+            .unwrap();
         out.loss.double_value(&[])
     };
     let cpu = loss_on(Device::Cpu);

@@ -251,7 +251,9 @@ fn a_memory_bank_step_contrasts_each_query_with_its_own_entry_and_the_drawn_ones
     let indices = Tensor::arange_start(10, 18, (Kind::Int64, Device::Cpu));
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let mut reference_rng = rng.clone();
-    let out = model.forward_step_indexed(&x1, &x1, Some(&indices), 0.99, &mut rng);
+    let out = model
+        .forward_step_indexed(&x1, &x1, Some(&indices), 0.99, &mut rng)
+        .unwrap();
     // The same loss from its parts: q from f_q, the positives at the batch's indices, K = 32
     // negatives drawn from the same stream (the shuffle draws nothing in this mechanism).
     let bank = model.bank.as_ref().unwrap();

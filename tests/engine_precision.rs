@@ -196,13 +196,13 @@ fn one_step(cfg: &RunConfig, precision: Option<ReducedPrecision>) -> (f64, Tenso
     for step in 0..4 {
         let _guard = tch::no_grad_guard();
         let x = images(100 + step as u64);
-        let keys = model.forward_step(&x, &x, 0.99, &mut rng).keys;
+        let keys = model.forward_step(&x, &x, 0.99, &mut rng).unwrap().keys;
         model.queue.enqueue(&keys, step + 1);
     }
     let (x1, x2) = (images(1), images(2));
     let out = {
         let _autocast = precision.map(|p| AutocastGuard::new(Device::Cpu, p).unwrap());
-        model.forward_step(&x1, &x2, 0.99, &mut rng)
+        model.forward_step(&x1, &x2, 0.99, &mut rng).unwrap()
     };
     model.query.store.zero_grad();
     out.loss.backward();

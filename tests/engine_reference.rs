@@ -63,7 +63,7 @@ fn compare_one_step(overrides: Value, lr: f64) {
         let perm1 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
         let perm2 = Shuffle::new(8, &mut replay, Device::Cpu).forward;
         let mut rng = rng;
-        let out = model.forward_step(&x1, &x2, m, &mut rng);
+        let out = model.forward_step(&x1, &x2, m, &mut rng).unwrap();
         model.query.store.zero_grad();
         out.loss.backward();
         optimizer.step(&model.query.store, lr);

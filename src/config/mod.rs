@@ -9,6 +9,7 @@
 //! JSON API share one path, and every error names the field it is about. The offline evaluations'
 //! settings (`probe`) are declared, overridden and checked the same way.
 pub mod choices;
+pub mod devices;
 mod overrides;
 mod presets;
 pub mod probe;
@@ -95,6 +96,9 @@ fn default_framework() -> Framework {
 fn default_mechanism() -> Mechanism {
     Mechanism::Moco
 }
+fn default_devices() -> i64 {
+    1
+}
 fn default_bn_stats_across_ranks() -> BnStatsAcrossRanks {
     BnStatsAcrossRanks::Mean
 }
@@ -170,9 +174,16 @@ pub struct RunConfig {
     /// symmetric loss).
     #[schemars(title = "Batch size", range(min = 1, max = 65536), extend("x-group" = "basics", "x-resume" = "shape"))]
     pub batch_size: i64,
-    /// auto (a GPU when there is one), cpu or cuda:N.
+    /// auto (a GPU when there is one), cpu or cuda:N; with several processes, the first GPU
+    /// (the next ones follow) or a list with one per process (cuda:0,cuda:2).
     #[schemars(title = "Device", extend("x-group" = "basics"))]
     pub device: String,
+    /// Processes the run trains on, data parallel over PyTorch's c10d: with device cpu, CPU
+    /// processes over Gloo sharing the cores; with GPUs, one per GPU over NCCL. batch_size is
+    /// the global batch, split evenly; a resume may change the count.
+    #[serde(default = "default_devices")]
+    #[schemars(title = "Processes", range(min = 1, max = 256), extend("x-group" = "basics", "x-resume" = "free"))]
+    pub devices: i64,
 
     // Encoder and head.
     /// Side in pixels of the augmented crops fed to the encoder.

@@ -92,6 +92,7 @@ impl RunConfig {
             loader_threads: 0,
             seed: 0,
             device: "auto".into(),
+            devices: 1,
             precision: Precision::Auto,
             memory_format: MemoryFormat::Auto,
             metrics_every: 10,

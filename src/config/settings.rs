@@ -485,7 +485,7 @@ mod tests {
         let settings: BTreeSet<String> = all().iter().map(|s| s.key.clone()).collect();
         assert_eq!(settings, fields);
         assert!(all().iter().all(|s| !s.label.is_empty()));
-        assert_eq!(all().len(), 67);
+        assert_eq!(all().len(), 68);
     }
 
     #[test]
@@ -539,7 +539,12 @@ mod tests {
             .help
             .starts_with("L(x1, x2) + L(x2, x1); both"));
         let basics: Vec<&str> = in_group(Group::Basics).map(|s| s.key.as_str()).collect();
-        assert_eq!(basics, ["name", "epochs", "batch_size", "device"]);
+        assert_eq!(
+            basics,
+            ["name", "epochs", "batch_size", "device", "devices"]
+        );
+        assert_eq!(find("devices").unwrap().resume, Resume::Free);
+        assert_eq!(find("devices").unwrap().range_words(), "between 1 and 256");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Validation: every rule a run must satisfy before anything starts. The per-field rules (ranges,
 //! lengths, finite numbers) are read from the settings' schema (`settings`); the rules below are
 //! the ones that relate fields to each other or that a schema keyword cannot say.
-use super::choices::{parse_device, Choice};
+use super::choices::Choice;
 use super::settings;
 use super::{
     keys_per_step, DatasetConfig, DatasetKind, Framework, LrSchedule, Mechanism, RunConfig,
@@ -174,11 +174,14 @@ impl RunConfig {
             "name",
             "must not contain control characters".into(),
         );
-        check(
-            parse_device(&self.device).is_some(),
-            "device",
-            format!("must be auto, cpu or cuda:N, got {:?}", self.device),
-        );
+        if let Err(e) = super::devices::parse_rank_devices(&self.device, self.devices) {
+            check(false, &e.field, e.message);
+        }
+        if let Err(rank_errors) = crate::dist::check_config(self, self.devices.max(1) as usize) {
+            for e in rank_errors {
+                check(false, &e.field, e.message);
+            }
+        }
         if self.queue_size >= 1 && self.batch_size >= 1 {
             if let Err(message) = queue_rule(
                 self.framework,

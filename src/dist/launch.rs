@@ -35,10 +35,11 @@ const DEFAULT_TIMEOUT_SECS: u64 = 1800;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LaunchArgs {
-    /// Processes on this machine, one per device: CPU processes over Gloo, GPUs over NCCL.
-    /// batch_size is the global batch, split evenly over all ranks of all machines.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub nproc: u16,
+    /// Processes on this machine, one per device: CPU processes over Gloo, GPUs over NCCL (the
+    /// `devices` setting; default: the config's, 1 unless set). batch_size is the global batch,
+    /// split evenly over all ranks of all machines.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub nproc: Option<u16>,
     /// Collective backend: gloo (CPU) or nccl (CUDA). Default: nccl when the run's device is a
     /// GPU, gloo otherwise.
     #[arg(long, value_parser = ["gloo", "nccl"])]
@@ -63,8 +64,13 @@ pub struct LaunchArgs {
 }
 
 impl LaunchArgs {
+    /// Processes on this machine.
+    pub fn nproc(&self) -> usize {
+        self.nproc.map_or(1, usize::from)
+    }
+
     pub fn world(&self) -> usize {
-        usize::from(self.nproc) * usize::from(self.nnodes)
+        self.nproc() * usize::from(self.nnodes)
     }
 
     /// Whether this command trains on more than one process.
@@ -93,16 +99,8 @@ impl LaunchArgs {
             CommBackend::Nccl if !cuda_run => {
                 bail!("--backend nccl needs GPUs: set device=cuda (or auto on a GPU machine)")
             }
-            CommBackend::Nccl => {
-                let devices = tch::Cuda::device_count() as usize;
-                if usize::from(self.nproc) > devices {
-                    bail!(
-                        "--nproc: {} processes need as many GPUs; this machine has {devices}",
-                        self.nproc
-                    );
-                }
-            }
-            CommBackend::Gloo => {}
+            // The GPUs themselves were checked with the config (`devices`).
+            CommBackend::Nccl | CommBackend::Gloo => {}
         }
         Ok(backend)
     }
@@ -160,6 +158,12 @@ impl RankPlace {
         if rank >= world {
             bail!("RANK {rank} is not below WORLD_SIZE {world}");
         }
+        if local_rank >= local_world || local_world > world {
+            bail!(
+                "LOCAL_RANK {local_rank} must be below LOCAL_WORLD_SIZE {local_world}, which is at \
+                 most WORLD_SIZE {world}"
+            );
+        }
         // Ranks on one machine talk over loopback; across machines Gloo binds the interface
         // GLOO_SOCKET_IFNAME names (as in PyTorch), else the address the hostname resolves to.
         let bind = if local_world == world {
@@ -196,6 +200,23 @@ impl RankPlace {
     }
 }
 
+/// The child `command` starts gets SIGTERM when the thread that started it ends (its parent
+/// killed, say), as from Ctrl-C: a run stops rather than train on unwatched.
+pub fn terminate_with_parent(command: &mut Command) {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            // The parent may have died before the prctl: then nobody would send the signal.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the parent exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// One spawned rank.
 struct RankProcess {
     rank: usize,
@@ -220,7 +241,7 @@ pub fn supervise(
         None => DEFAULT_MASTER_PORT,
     };
     let exe = std::env::current_exe().context("cannot find this program to start the ranks")?;
-    let nproc = usize::from(args.nproc);
+    let nproc = args.nproc();
     let first_rank = usize::from(args.node_rank) * nproc;
     let last_step = Arc::new(Mutex::new(0i64));
     let mut ranks = Vec::with_capacity(nproc);
@@ -242,6 +263,9 @@ pub fn supervise(
             // passes it on once.
             .process_group(0)
             .stdin(Stdio::null());
+        // A launcher that dies without stopping its ranks (killed) leaves none training on
+        // unwatched: they stop together after rank 0's checkpoint.
+        terminate_with_parent(&mut command);
         let leader = rank == 0;
         // Rank 0's progress bar draws only on a terminal: its stderr is ours, except with JSON
         // lines, where its last words are kept like the other ranks'.

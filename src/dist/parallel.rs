@@ -16,10 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tch::{Kind, Tensor};
 
-/// A collective failed: a peer rank died, stalled past the timeout, or the network broke. The
-/// run cannot go on without it, so callers deep in a forward pass stop the rank with this.
-pub const COLLECTIVE_FAILED: &str = "a collective with the other ranks failed";
-
 pub struct DataParallel {
     pub group: ProcessGroup,
     /// Nanoseconds spent in collectives since the last `take_comm_time`.
@@ -167,6 +163,16 @@ impl DataParallel {
         self.timed(|g| g.all_reduce_(means, ReduceOp::Sum))?;
         let _ = means.shallow_clone().g_div_scalar_(self.world() as f64);
         self.timed(|g| g.all_reduce_(maxima, ReduceOp::Max))
+    }
+
+    /// Every rank's `values` (the same count on each), in rank order.
+    pub fn gather_values(&self, values: &[f64]) -> anyhow::Result<Vec<Vec<f64>>> {
+        let gathered = self.timed(|g| g.all_gather(&Tensor::from_slice(values)))?;
+        let flat: Vec<f64> = Vec::try_from(&gathered.to_kind(Kind::Double))?;
+        Ok(flat
+            .chunks(values.len().max(1))
+            .map(<[f64]>::to_vec)
+            .collect())
     }
 
     /// Rank 0's value of a number, on every rank.

@@ -6,6 +6,7 @@
 pub mod eval_job;
 pub mod hub;
 pub mod paths;
+pub mod ranked;
 pub mod recorder;
 pub mod scheduler;
 pub mod worker;

@@ -192,7 +192,7 @@ impl MocoModel {
 
     /// Keys for `x` from f_k with shuffle BN, unit length, no gradient: this process's keys and
     /// the whole global batch's (the same tensor on one process).
-    fn keys(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> (Tensor, Tensor) {
+    fn keys(&self, x: &Tensor, rng: &mut ChaCha8Rng) -> anyhow::Result<(Tensor, Tensor)> {
         let _guard = tch::no_grad_guard();
         let splits = self.local_splits();
         shuffled_encode(x, self.parallel.as_deref(), rng, |x| {
@@ -224,13 +224,14 @@ impl MocoModel {
         x2: &Tensor,
         m: f64,
         rng: &mut ChaCha8Rng,
-    ) -> StepOutput {
+    ) -> anyhow::Result<StepOutput> {
         self.forward_step_indexed(x1, x2, None, m, rng)
     }
 
     /// One step's forward passes for the run's framework and mechanism. The caller runs backward
     /// and the optimizer, then `store_keys`. `indices` ([N] int64 on the device, the batch's
-    /// positions in the training split) are what the memory bank is read and written at.
+    /// positions in the training split) are what the memory bank is read and written at. Errors
+    /// only across ranks, when a collective with the others fails.
     pub fn forward_step_indexed(
         &mut self,
         x1: &Tensor,
@@ -238,16 +239,16 @@ impl MocoModel {
         indices: Option<&Tensor>,
         m: f64,
         rng: &mut ChaCha8Rng,
-    ) -> StepOutput {
-        match self.mechanism {
+    ) -> anyhow::Result<StepOutput> {
+        Ok(match self.mechanism {
             None => self.forward_step_v3(x1, x2, m),
-            Some(Mechanism::Moco) => self.forward_step_moco(x1, x2, m, rng),
+            Some(Mechanism::Moco) => self.forward_step_moco(x1, x2, m, rng)?,
             Some(Mechanism::EndToEnd) => self.forward_step_end_to_end(x1, x2, rng),
             Some(Mechanism::MemoryBank) => {
                 let indices = indices.expect("the memory bank is read at the batch's indices");
                 self.forward_step_memory_bank(x1, indices, rng)
             }
-        }
+        })
     }
 
     /// After the optimizer step: the step's keys into the queue, and the batch's queries into
@@ -311,17 +312,17 @@ impl MocoModel {
         x2: &Tensor,
         m: f64,
         rng: &mut ChaCha8Rng,
-    ) -> StepOutput {
+    ) -> anyhow::Result<StepOutput> {
         let splits = self.local_splits();
         let q1 = self.query.embed(x1, true, splits);
         let q2 = self.symmetric.then(|| self.query.embed(x2, true, splits));
         self.momentum_update(m);
-        let (k2, k2_all) = self.keys(x2, rng);
+        let (k2, k2_all) = self.keys(x2, rng)?;
         let mut terms = vec![info_nce(&q1, &k2, &self.queue.keys, self.temperature)];
         // Every rank enqueues the whole global batch's keys, so the queues stay identical.
         let keys = match q2 {
             Some(q2) => {
-                let (k1, k1_all) = self.keys(x1, rng);
+                let (k1, k1_all) = self.keys(x1, rng)?;
                 terms.push(info_nce(&q2, &k1, &self.queue.keys, self.temperature));
                 Tensor::cat(&[k1_all, k2_all], 0)
             }
@@ -332,12 +333,12 @@ impl MocoModel {
             .map(|t| t.loss.shallow_clone())
             .reduce(|a, b| a + b)
             .expect("at least one term");
-        StepOutput {
+        Ok(StepOutput {
             loss,
             terms,
             keys,
             bank_update: None,
-        }
+        })
     }
 
     /// MoCo v3 (moco-v3 builder.py `forward`): q1, q2 = pred(proj(base(x1, x2))); the momentum
@@ -385,22 +386,21 @@ pub fn shuffled_encode(
     parallel: Option<&DataParallel>,
     rng: &mut ChaCha8Rng,
     encode: impl FnOnce(&Tensor) -> Tensor,
-) -> (Tensor, Tensor) {
-    use crate::dist::parallel::COLLECTIVE_FAILED;
-    match parallel {
+) -> anyhow::Result<(Tensor, Tensor)> {
+    Ok(match parallel {
         None => {
             let shuffle = Shuffle::new(x.size()[0], rng, x.device());
             let k = shuffle.undo(&encode(&shuffle.apply(x)));
             (k.shallow_clone(), k)
         }
         Some(p) => {
-            let all = p.gather_rows(x).expect(COLLECTIVE_FAILED);
+            let all = p.gather_rows(x)?;
             let shuffle = Shuffle::new(all.size()[0], rng, x.device());
             let mine = encode(&p.local_rows(&shuffle.apply(&all)));
-            let k = shuffle.undo(&p.gather_rows(&mine).expect(COLLECTIVE_FAILED));
+            let k = shuffle.undo(&p.gather_rows(&mine)?);
             (p.local_rows(&k), k)
         }
-    }
+    })
 }
 
 /// Runs `init` with torch's process-wide generator seeded with `seed`, under one lock, so what it

@@ -3,7 +3,7 @@
 //! listing and the speed of the device it would train on (see `train::estimate`).
 use super::AppState;
 use crate::config::Choice;
-use crate::config::{parse_device, DatasetKind, FieldError, Preset, RunConfig};
+use crate::config::{DatasetKind, FieldError, Preset, RunConfig};
 use crate::train::estimate::{self, Estimate};
 use serde::Serialize;
 use serde_json::Value;
@@ -33,10 +33,11 @@ pub async fn for_run_config(
     cfg: RunConfig,
 ) -> Result<RunEstimate, Vec<FieldError>> {
     let (train_images, test_images) = dataset_size(state, &cfg).await?;
-    let device = parse_device(&cfg.device)
-        .ok_or_else(|| vec![FieldError::new("device", "must be auto, cpu or cuda:N")])?
-        .resolve()
-        .map_err(|e| vec![FieldError::new("device", e)])?;
+    let rank_devices = crate::config::devices::resolve_rank_devices(&cfg.device, cfg.devices)
+        .map_err(|e| vec![e])?;
+    // The ranks' shares of a step run side by side: the first one's speed stands for all (on the
+    // CPU they share the cores, which the speed measured with all of them already is).
+    let device = rank_devices[0];
     let speed = tokio::task::spawn_blocking(move || estimate::device_speed(device))
         .await
         .map_err(|_| {
@@ -45,13 +46,20 @@ pub async fn for_run_config(
                 "the speed of the device could not be measured",
             )]
         })?;
+    // GPUs each take their share of the batch; CPU ranks share the cores the speed was measured
+    // with. (The kNN monitor, on rank 0 alone, is counted as shared too.)
+    let speed = if device.is_cuda() {
+        speed * rank_devices.len() as f64
+    } else {
+        speed
+    };
     let cfg_for_work = cfg.clone();
     let estimate = tokio::task::spawn_blocking(move || {
         estimate::estimate(&cfg_for_work, train_images, test_images, speed)
     })
     .await
     .map_err(|_| vec![FieldError::new("", "the run could not be estimated")])?;
-    let device = crate::train::device::device_name(device);
+    let device = crate::config::devices::rank_devices_name(&rank_devices);
     let text = format!(
         "{} ({} steps, {} kNN evaluation{}, on {device})",
         estimate.duration_text(),

@@ -20,7 +20,7 @@ pub const MAX_MEMBERS: usize = 64;
 
 /// Settings a sweep cannot vary: they name, place or pick the starting point of the whole
 /// sweep rather than a point of it.
-const FIXED_FIELDS: [&str; 4] = ["name", "preset", "device", "dataset.kind"];
+const FIXED_FIELDS: [&str; 5] = ["name", "preset", "device", "devices", "dataset.kind"];
 
 /// Where a sweep stands, read from its members' run states (never stored).
 #[derive(

@@ -107,16 +107,26 @@ pub fn write_safetensors_atomic(
         .collect::<anyhow::Result<_>>()?;
     let bytes = safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), &Some(metadata))
         .context("cannot serialise the checkpoint")?;
-    let dir = path.parent().context("checkpoint path has no directory")?;
+    write_atomically(path, &bytes)?;
+    Ok((bytes.len() as u64, hex::encode(Sha256::digest(&bytes))))
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`, so a
+/// reader (or a crash) never sees half a file. Creates the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot create a temporary file in {}", dir.display()))?;
-    tmp.write_all(&bytes)
+    tmp.write_all(bytes)
         .and_then(|_| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path)
-        .with_context(|| format!("cannot rename the checkpoint to {}", path.display()))?;
-    Ok((bytes.len() as u64, hex::encode(Sha256::digest(&bytes))))
+        .with_context(|| format!("cannot rename the file to {}", path.display()))?;
+    Ok(())
 }
 
 /// Tensors by name, in file order.

@@ -32,6 +32,18 @@ pub mod metric {
     /// Several ranks only: mean time per step this rank spent in collectives with the others
     /// (sharing keys, images and gradients, and waiting for slower ranks), in milliseconds.
     pub const COMM_MS: &str = "comm_ms";
+    /// Several ranks only, one value per rank under `per_rank(name, rank)`: the images per second
+    /// of the rank's own work (the interval less its time in collectives), and its time in
+    /// collectives per step in milliseconds. A rank slower than the others computes fewer images
+    /// per second and waits less.
+    pub const RANK_IMAGES_PER_SEC: &str = "images_per_sec_rank";
+    pub const RANK_COMM_MS: &str = "comm_ms_rank";
+
+    /// The name a per-rank value is stored under: "images_per_sec_rank1".
+    pub fn per_rank(name: &str, rank: usize) -> String {
+        format!("{name}{rank}")
+    }
+
     /// CUDA only: memory the caching allocator holds on the device (what nvidia-smi shows for the
     /// process, less the CUDA context), and the most held by live tensors, in MiB.
     pub const DEVICE_MEMORY_MB: &str = "device_memory_mb";

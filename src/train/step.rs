@@ -54,7 +54,7 @@ pub fn train_step(
     });
     let out = {
         let _autocast = autocast(images.device(), params.precision)?;
-        model.forward_step_indexed(&x1, &x2, indices.as_ref(), params.momentum, &mut rng)
+        model.forward_step_indexed(&x1, &x2, indices.as_ref(), params.momentum, &mut rng)?
     };
     model.query.store.zero_grad();
     optimizer.backward(&out.loss);
@@ -126,7 +126,7 @@ pub(crate) fn read_metrics(
     state: &TrainingState,
     lr: f64,
     m: f64,
-) -> MetricRecord {
+) -> anyhow::Result<MetricRecord> {
     let q = model.queue.stats(state.step);
     // With a memory bank the negatives' store is the bank: its fill says whether they are real.
     let fill = match &model.bank {
@@ -141,8 +141,7 @@ pub(crate) fn read_metrics(
         // Each rank saw its rows of the batches: the interval's figures are the ranks' mean (and
         // maximum). Everything else read here is the same on every rank.
         neg_max = neg_max.reshape([1]).copy();
-        p.reduce_metrics(&means, &neg_max)
-            .expect(crate::dist::parallel::COLLECTIVE_FAILED);
+        p.reduce_metrics(&means, &neg_max)?;
         neg_max = neg_max.reshape([]);
     }
     let mut device_values = vec![
@@ -213,14 +212,25 @@ pub(crate) fn read_metrics(
         acc.data_wait.as_secs_f64() * 1000.0 / steps,
     );
     if let Some(p) = &parallel {
-        values.insert(
-            metric::COMM_MS.into(),
-            p.take_comm_time().as_secs_f64() * 1000.0 / steps,
-        );
+        let comm = p.take_comm_time().as_secs_f64();
+        values.insert(metric::COMM_MS.into(), comm * 1000.0 / steps);
+        // Every rank's own figures, so a slow one shows: its images per second of its own work
+        // (the interval less the time in collectives, where it waits for the others).
+        let own = [
+            acc.images as f64 / (elapsed - comm).max(1e-9),
+            comm * 1000.0 / steps,
+        ];
+        for (rank, figures) in p.gather_values(&own)?.iter().enumerate() {
+            values.insert(
+                metric::per_rank(metric::RANK_IMAGES_PER_SEC, rank),
+                figures[0],
+            );
+            values.insert(metric::per_rank(metric::RANK_COMM_MS, rank), figures[1]);
+        }
     }
-    MetricRecord {
+    Ok(MetricRecord {
         step: state.step,
         epoch: state.epoch,
         values,
-    }
+    })
 }

@@ -326,7 +326,7 @@ impl<'a> Session<'a> {
                     .map_or((0, 1), |p| (p.rank(), p.world())),
             },
         );
-        let mut acc = Accumulator::new(device);
+        let mut acc = new_interval(req);
         while self.state.batch_in_epoch < self.steps_per_epoch {
             let stop = match &req.parallel {
                 // All ranks stop at the same step, whichever saw the request first.
@@ -384,10 +384,10 @@ impl<'a> Session<'a> {
 
             let epoch_end = state.batch_in_epoch == self.steps_per_epoch;
             if state.step % cfg.metrics_every == 0 || epoch_end {
-                let record = read_metrics(&self.model, &self.optimizer, &mut acc, state, lr, m);
+                let record = read_metrics(&self.model, &self.optimizer, &mut acc, state, lr, m)?;
                 let values = record.values.clone();
                 observer.on_event(TrainEvent::Metrics(record));
-                acc = Accumulator::new(device);
+                acc = new_interval(req);
                 for warning in self.stability.check(&values, cfg, state.step) {
                     observer.on_event(TrainEvent::Log {
                         level: LogLevel::Warn,
@@ -454,4 +454,13 @@ impl<'a> Session<'a> {
             },
         })
     }
+}
+
+/// A new metrics interval: its accumulator, with the time in collectives counted from now (the
+/// waits before it, while rank 0 evaluated or the ranks joined, belong to no interval).
+fn new_interval(req: &TrainRequest) -> Accumulator {
+    if let Some(parallel) = &req.parallel {
+        let _ = parallel.take_comm_time();
+    }
+    Accumulator::new(req.device)
 }

@@ -17,7 +17,7 @@ impl Scheduler {
         let config =
             RunConfig::from_partial_json(doc, Preset::Cifar).map_err(SchedulerError::Invalid)?;
         let mut errors = Vec::new();
-        let device = match device_field(&config.device) {
+        let device = match rank_devices_field(&config) {
             Ok(device) => device,
             Err(e) => {
                 errors.push(e);
@@ -180,6 +180,13 @@ impl Scheduler {
         inner.hub.broadcast([event]);
         Ok(true)
     }
+}
+
+/// The devices of a run's processes, resolved on this machine and spelled as runs store them
+/// ("cpu", "cuda:0", "cuda:0,cuda:1", "cpu,cpu"), or the error naming the field.
+pub(super) fn rank_devices_field(config: &RunConfig) -> Result<String, FieldError> {
+    crate::config::devices::resolve_rank_devices(&config.device, config.devices)
+        .map(|devices| crate::config::devices::rank_devices_name(&devices))
 }
 
 /// The device a request names, resolved on this machine ("cpu", "cuda:0"), or the error naming

@@ -1,7 +1,7 @@
 //! The scheduler: starts queued runs in order on their device, cancels, resumes and deletes runs,
 //! and stops everything on shutdown. The database is the truth for run state; this keeps only what
 //! cannot live there (the stop flags and threads of running runs).
-use crate::config::{parse_device, FieldError, RunConfig};
+use crate::config::{FieldError, RunConfig};
 use crate::db::{self, runs::RunState, runs::RunSummary};
 use crate::jobs::hub::{state_data, EventHub};
 use crate::jobs::paths::{check_dataset, run_dir};
@@ -70,23 +70,55 @@ pub struct CreatedRun {
     pub config: RunConfig,
 }
 
-/// A run or an evaluation on a device thread.
+/// A run or an evaluation on a device thread, or a run on several processes.
 struct Active {
-    device: String,
+    /// The devices it holds: one, or one per process ("cuda:0,cuda:1"; "cpu,cpu" holds the CPU).
+    devices: Vec<String>,
     stop: StopFlag,
+}
+
+impl Active {
+    /// A run on several processes has its devices to itself: its ranks step together, so one
+    /// slowed down by another job slows all of them.
+    fn exclusive(&self) -> bool {
+        self.devices.len() > 1
+    }
 }
 
 #[derive(Default)]
 struct Slots {
     active: HashMap<JobKey, Active>,
     workers: HashMap<String, DeviceWorkers>,
+    /// The threads following runs on several processes (joined at shutdown).
+    ranked: Vec<std::thread::JoinHandle<()>>,
     shutting_down: bool,
 }
 
 impl Slots {
-    fn busy(&self, device: &str) -> usize {
-        self.active.values().filter(|a| a.device == device).count()
+    /// Whether a job on `devices` (as stored: one name, or one per process) can start now, with
+    /// `per_device` jobs allowed on a device at once.
+    fn can_start(&self, devices: &[String], per_device: usize) -> bool {
+        let exclusive = devices.len() > 1;
+        devices.iter().all(|device| {
+            let holders = self.active.values().filter(|a| a.devices.contains(device));
+            let (mut count, mut held_alone) = (0, false);
+            for a in holders {
+                count += 1;
+                held_alone |= a.exclusive();
+            }
+            !held_alone
+                && if exclusive {
+                    count == 0
+                } else {
+                    count < per_device
+                }
+        })
     }
+}
+
+/// The devices a run or evaluation stored as one text holds.
+fn stored_devices(stored: &str) -> Vec<String> {
+    stored.split(',').map(|d| d.trim().to_string()).collect()
 }
 
 struct Inner {
@@ -269,7 +301,10 @@ impl Scheduler {
                 if slots.shutting_down {
                     return Ok(());
                 }
-                if slots.busy(&device) >= self.inner.options.runs_per_device.max(1) {
+                if !slots.can_start(
+                    &stored_devices(&device),
+                    self.inner.options.runs_per_device.max(1),
+                ) {
                     continue;
                 }
             }
@@ -318,7 +353,7 @@ impl Scheduler {
         slots.active.insert(
             key,
             Active {
-                device: device_name.to_string(),
+                devices: stored_devices(device_name),
                 stop: stop.clone(),
             },
         );
@@ -346,11 +381,10 @@ impl Scheduler {
         let Some(row) = db::runs::get_row(&inner.pool, id).await? else {
             return Ok(());
         };
-        let config = row.config()?;
-        let device = parse_device(device_name)
-            .with_context(|| format!("unknown device {device_name:?}"))?
-            .resolve()
-            .map_err(anyhow::Error::msg)?;
+        let mut config = row.config()?;
+        let rank_devices =
+            crate::config::devices::resolve_rank_devices(device_name, config.devices)
+                .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
         check_dataset(&inner.data_dir, &config.dataset).map_err(|e| anyhow::anyhow!("{e}"))?;
         // The newest full checkpoint whose file is still there.
         let mut resume_from = None;
@@ -411,6 +445,25 @@ impl Scheduler {
         let Some(tx) = self.recorder() else {
             return self.requeue(id).await;
         };
+        if rank_devices.len() > 1 {
+            // The ranks train on the devices reserved for the run.
+            config.device = device_name.to_string();
+            let job = crate::jobs::ranked::RankedJob {
+                run_id: id,
+                config,
+                data_dir: inner.data_dir.clone(),
+                run_dir: dir,
+                stop,
+                resume_from: resume_from.map(|(path, _)| path),
+                observer: ChannelObserver::new(id, tx),
+            };
+            if !self.spawn_ranked(id, job)? {
+                return self.requeue(id).await;
+            }
+            tracing::info!(run = id, devices = device_name, start_step, "run started");
+            return Ok(());
+        }
+        let device = rank_devices[0];
         let job = Job::Train(Box::new(TrainJob {
             run_id: id,
             request: TrainRequest {
@@ -431,6 +484,22 @@ impl Scheduler {
         }
         tracing::info!(run = id, device = device_name, start_step, "run started");
         Ok(())
+    }
+
+    /// Starts the thread that follows a run on several processes; false when the server is
+    /// shutting down.
+    fn spawn_ranked(&self, id: i64, job: crate::jobs::ranked::RankedJob) -> anyhow::Result<bool> {
+        let mut slots = self.inner.slots.lock().unwrap();
+        if slots.shutting_down {
+            return Ok(false);
+        }
+        let handle = std::thread::Builder::new()
+            .name(format!("ranks-run-{id}"))
+            .spawn(move || crate::jobs::ranked::run(job))
+            .context("cannot start the thread of a run on several processes")?;
+        slots.ranked.retain(|t| !t.is_finished());
+        slots.ranked.push(handle);
+        Ok(true)
     }
 
     /// A run marked running that never reached a thread (the server began to shut down).
@@ -470,18 +539,22 @@ impl Scheduler {
             return;
         }
         let deadline = tokio::time::Instant::now() + timeout;
-        let workers = {
+        let (workers, ranked) = {
             let mut slots = self.inner.slots.lock().unwrap();
             slots.shutting_down = true;
             for (key, active) in &slots.active {
                 tracing::info!(job = ?key, "interrupting for shutdown");
                 active.stop.interrupt();
             }
-            std::mem::take(&mut slots.workers)
+            (
+                std::mem::take(&mut slots.workers),
+                std::mem::take(&mut slots.ranked),
+            )
         };
         let threads: Vec<_> = workers
             .into_values()
             .flat_map(DeviceWorkers::close)
+            .chain(ranked)
             .collect();
         let joined = tokio::task::spawn_blocking(move || {
             for t in threads {

@@ -1,7 +1,7 @@
 //! What users ask of the scheduler for a sweep: create it (every member checked, then all
 //! stored as queued runs at once), cancel, resume and delete it. Each member is an ordinary run,
 //! so the dispatcher needs nothing new: members queue in grid order like any runs.
-use super::actions::device_field;
+use super::actions::rank_devices_field;
 use super::{Scheduler, SchedulerError};
 use crate::config::FieldError;
 use crate::config::{Preset, RunConfig};
@@ -15,10 +15,10 @@ impl Scheduler {
     /// with all its members queued. An invalid member stores nothing and is named with its field.
     pub async fn create_sweep(&self, spec: &SweepSpec) -> Result<SweepSummary, SchedulerError> {
         let expanded = self.expand_sweep(spec).await?;
-        // The device is the base's (a sweep cannot vary it); a member may vary its dataset's
+        // The devices are the base's (a sweep cannot vary them); a member may vary its dataset's
         // path, so each member's dataset is checked.
         let first = &expanded.members[0].config;
-        let device = device_field(&first.device).map_err(|e| SchedulerError::Invalid(vec![e]))?;
+        let device = rank_devices_field(first).map_err(|e| SchedulerError::Invalid(vec![e]))?;
         let errors: Vec<FieldError> = expanded
             .members
             .iter()

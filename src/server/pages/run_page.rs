@@ -23,6 +23,17 @@ pub struct MetricStat {
     value: String,
 }
 
+/// One rank of a run on several processes: its device and latest figures (kept current by the
+/// page's script).
+pub struct RankView {
+    rank: usize,
+    device: String,
+    images_metric: String,
+    images: String,
+    comm_metric: String,
+    comm: String,
+}
+
 pub struct CheckpointView {
     id: i64,
     kind: String,
@@ -60,6 +71,8 @@ struct RunPage {
     grad_spike_factor: String,
     /// Memory and loss scale; empty for CPU runs, which have neither.
     device_stats: Vec<MetricStat>,
+    /// The ranks of a run on several processes; empty for one process.
+    ranks: Vec<RankView>,
     augmentation: String,
     image_size: i64,
     checkpoints: Vec<CheckpointView>,
@@ -169,6 +182,41 @@ fn metric_value(name: &str, v: Option<f64>) -> String {
     }
 }
 
+/// The ranks of a run stored on several devices ("cpu,cpu", "cuda:0,cuda:1"), with their latest
+/// figures.
+async fn rank_views(state: &AppState, id: i64, devices: &str) -> anyhow::Result<Vec<RankView>> {
+    let devices: Vec<&str> = devices.split(',').collect();
+    if devices.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let names: Vec<(String, String)> = (0..devices.len())
+        .map(|r| {
+            (
+                metric::per_rank(metric::RANK_IMAGES_PER_SEC, r),
+                metric::per_rank(metric::RANK_COMM_MS, r),
+            )
+        })
+        .collect();
+    let all: Vec<&str> = names
+        .iter()
+        .flat_map(|(a, b)| [a.as_str(), b.as_str()])
+        .collect();
+    let latest = backend::latest_metrics(state, id, &all).await?;
+    Ok(devices
+        .iter()
+        .zip(names)
+        .enumerate()
+        .map(|(rank, (device, (images_metric, comm_metric)))| RankView {
+            rank,
+            device: device.to_string(),
+            images: metric_value(&images_metric, latest.get(&images_metric).copied()),
+            comm: metric_value(&comm_metric, latest.get(&comm_metric).copied()),
+            images_metric,
+            comm_metric,
+        })
+        .collect())
+}
+
 /// GET /runs/{id}
 pub async fn page(
     State(state): State<AppState>,
@@ -250,6 +298,7 @@ async fn render_page(
     } else {
         stats(&DEVICE_METRICS)
     };
+    let ranks = rank_views(state, id, &run.device).await?;
     let checkpoints = backend::checkpoints(state, id)
         .await?
         .into_iter()
@@ -288,6 +337,7 @@ async fn render_page(
         .to_string();
     let run_json = serde_json::json!({
         "id": run.id,
+        "ranks": ranks.len(),
         "resumable_states": view::resumable_states(),
         "cancellable_states": view::cancellable_states(),
     });
@@ -315,6 +365,7 @@ async fn render_page(
             .and_then(|v| v.as_f64())
             .map_or_else(|| "5".into(), |v| format::num(v, 3)),
         device_stats,
+        ranks,
         augmentation,
         image_size: config
             .get("image_size")
