@@ -10,6 +10,7 @@
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/csrc/autograd/custom_function.h>
 
 #include <chrono>
 #include <cstdlib>
@@ -55,6 +56,34 @@ std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& bind) 
 void wait(const c10::intrusive_ptr<c10d::Work>& work) {
   work->wait();
 }
+
+void sum_in_place(MocoDistGroup* group, at::Tensor& tensor) {
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  std::vector<at::Tensor> tensors{tensor};
+  wait(group->backend->allreduce(tensors, opts));
+}
+
+// The sum over the ranks with a gradient: its backward is the sum over the ranks of the
+// gradients (torch.distributed.nn.functional.all_reduce), so a value computed from every
+// rank's statistics sends each rank its share. What SyncBatchNorm is built on.
+struct SumAcrossRanks : public torch::autograd::Function<SumAcrossRanks> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            int64_t group) {
+    ctx->saved_data["group"] = group;
+    auto out = x.contiguous().clone();
+    sum_in_place(reinterpret_cast<MocoDistGroup*>(group), out);
+    return out;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    auto group = reinterpret_cast<MocoDistGroup*>(ctx->saved_data["group"].toInt());
+    auto grad = grads[0].contiguous().clone();
+    sum_in_place(group, grad);
+    return {grad, at::Tensor()};
+  }
+};
 
 }  // namespace
 
@@ -132,6 +161,14 @@ char* moco_dist_all_gather(MocoDistGroup* group, const at::Tensor* tensor, at::T
     std::vector<at::Tensor> inputs{input};
     wait(group->backend->allgather(outputs, inputs));
     *out = new at::Tensor(at::cat(outputs[0], 0));
+  });
+}
+
+// The sum of every rank's `tensor`, differentiable (see SumAcrossRanks). The group must outlive
+// the backward pass.
+char* moco_dist_sum_with_grad(MocoDistGroup* group, const at::Tensor* tensor, at::Tensor** out) {
+  return c10d_guarded([&] {
+    *out = new at::Tensor(SumAcrossRanks::apply(*tensor, reinterpret_cast<int64_t>(group)));
   });
 }
 

@@ -318,6 +318,13 @@ pub struct RunConfig {
         extend("x-group" = "moco", "x-resume" = "free")
     )]
     pub bn_stats_across_ranks: BnStatsAcrossRanks,
+    /// The query encoder's BatchNorm normalises over the whole global batch: SyncBatchNorm
+    /// across ranks, one group on one process. The key encoder keeps shuffle BN. Off in the
+    /// official v1/v2 code (BatchNorm per process); the v3 framework always does, as the official
+    /// code converts its model to SyncBatchNorm.
+    #[serde(default)]
+    #[schemars(title = "SyncBN for queries", extend("x-group" = "moco", "x-resume" = "trajectory"))]
+    pub sync_bn: bool,
 
     // Optimisation.
     /// The learning rate at lr_base_batch images per step.

@@ -70,6 +70,7 @@ impl RunConfig {
             symmetric: false,
             shuffle_bn_splits: 8,
             bn_stats_across_ranks: BnStatsAcrossRanks::Mean,
+            sync_bn: false,
             batch_size: 256,
             epochs: 200,
             base_lr: 0.03,

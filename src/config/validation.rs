@@ -177,6 +177,15 @@ impl RunConfig {
         if let Err(e) = super::devices::parse_rank_devices(&self.device, self.devices) {
             check(false, &e.field, e.message);
         }
+        check(
+            !self.sync_bn || matches!(self.effective_mechanism(), None | Some(Mechanism::Moco)),
+            "sync_bn",
+            format!(
+                "the {} mechanism normalises in shuffle_bn_splits groups; sync_bn is for the moco \
+                 mechanism (the v3 framework always normalises over the whole batch)",
+                self.mechanism
+            ),
+        );
         if let Err(rank_errors) = crate::dist::check_config(self, self.devices.max(1) as usize) {
             for e in rank_errors {
                 check(false, &e.field, e.message);

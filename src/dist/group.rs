@@ -25,6 +25,11 @@ extern "C" {
         tensor: *const c_void,
         out: *mut *mut c_void,
     ) -> *mut c_char;
+    fn moco_dist_sum_with_grad(
+        group: *mut c_void,
+        tensor: *const c_void,
+        out: *mut *mut c_void,
+    ) -> *mut c_char;
     fn moco_dist_barrier(group: *mut c_void) -> *mut c_char;
 }
 
@@ -150,6 +155,16 @@ impl ProcessGroup {
         let mut out: *mut c_void = std::ptr::null_mut();
         // SAFETY: a live tensor; on success `out` is a new at::Tensor that we own.
         check(unsafe { moco_dist_all_gather(self.raw, raw(tensor), &mut out) })?;
+        Ok(unsafe { Tensor::from_ptr(out as *mut C_tensor) })
+    }
+
+    /// The sum of every rank's `tensor`, as a new tensor with a gradient: backward sums the
+    /// ranks' gradients (each rank must run it, as every rank runs its backward). The group must
+    /// outlive the backward pass, which the trainer's does.
+    pub fn sum_with_grad(&self, tensor: &Tensor) -> anyhow::Result<Tensor> {
+        let mut out: *mut c_void = std::ptr::null_mut();
+        // SAFETY: as all_gather; the graph keeps the group's pointer, valid while `self` lives.
+        check(unsafe { moco_dist_sum_with_grad(self.raw, raw(tensor), &mut out) })?;
         Ok(unsafe { Tensor::from_ptr(out as *mut C_tensor) })
     }
 

@@ -28,31 +28,26 @@ pub fn check_config(cfg: &RunConfig, world: usize) -> Result<(), Vec<FieldError>
             ),
         ));
     }
-    if cfg.framework == Framework::V3 {
-        errors.push(FieldError::new(
-            "framework",
-            format!(
-                "the v3 framework trains on one process: its BatchNorm spans the whole batch, \
-                 which needs SyncBatchNorm across ranks ({world} asked)"
-            ),
-        ));
-    } else if cfg.mechanism != Mechanism::Moco {
-        errors.push(FieldError::new(
-            "mechanism",
-            format!(
-                "the {} mechanism trains on one process; across ranks only the moco mechanism",
-                cfg.mechanism
-            ),
-        ));
-    } else if cfg.shuffle_bn_splits % n != 0 {
-        errors.push(FieldError::new(
-            "shuffle_bn_splits",
-            format!(
-                "the global batch's {} BatchNorm groups must split evenly over {world} ranks \
-                 (one group per rank, as the official DDP code, is shuffle_bn_splits = {world})",
-                cfg.shuffle_bn_splits
-            ),
-        ));
+    // v3 normalises over the whole global batch with SyncBatchNorm: it has no groups to split.
+    if cfg.framework != Framework::V3 {
+        if cfg.mechanism != Mechanism::Moco {
+            errors.push(FieldError::new(
+                "mechanism",
+                format!(
+                    "the {} mechanism trains on one process; across ranks only the moco mechanism",
+                    cfg.mechanism
+                ),
+            ));
+        } else if cfg.shuffle_bn_splits % n != 0 {
+            errors.push(FieldError::new(
+                "shuffle_bn_splits",
+                format!(
+                    "the global batch's {} BatchNorm groups must split evenly over {world} ranks \
+                     (one group per rank, as the official DDP code, is shuffle_bn_splits = {world})",
+                    cfg.shuffle_bn_splits
+                ),
+            ));
+        }
     }
     if errors.is_empty() {
         Ok(())

@@ -87,6 +87,22 @@ impl DataParallel {
             .view(global.as_slice()))
     }
 
+    /// The sum of every rank's `tensor` with a gradient (SyncBatchNorm's statistics). Only the
+    /// forward's time counts as communication; the backward's is in the step's.
+    pub fn sum_with_grad(&self, tensor: &Tensor) -> anyhow::Result<Tensor> {
+        self.timed(|g| g.sum_with_grad(tensor))
+    }
+
+    /// Where each of this rank's rows sits in the global batch, as an int64 tensor on `device`
+    /// (the column of its positive among the gathered keys of an in-batch contrast).
+    pub fn global_positions(&self, n_local: usize, device: tch::Device) -> Tensor {
+        let positions: Vec<i64> = self
+            .positions(n_local * self.world())
+            .map(|p| p as i64)
+            .collect();
+        Tensor::from_slice(&positions).to_device(device)
+    }
+
     /// Rank 0's values of `tensors`, in place on every rank (the start of training, as DDP's
     /// constructor broadcasts the module's state).
     pub fn broadcast_from_leader(&self, tensors: &[&Tensor]) -> anyhow::Result<()> {

@@ -46,6 +46,16 @@ impl FeatureNorm {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        if train {
+            if let Some(stats) = super::sync_bn::global_stats(x) {
+                return super::sync_bn::normalise(
+                    x,
+                    stats,
+                    None,
+                    (&self.running_mean, &self.running_var),
+                );
+            }
+        }
         x.batch_norm(
             None::<&Tensor>,
             None::<&Tensor>,

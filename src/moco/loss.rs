@@ -63,10 +63,33 @@ fn split_diagonal(sims: &Tensor) -> (Tensor, Tensor) {
 /// logits q·kᵀ / T of every query against every key of the batch, the positive of row n at
 /// column n, cross-entropy × 2T. `q`: [N, dim] with gradient, `k`: [N, dim] without.
 pub fn in_batch(q: &Tensor, k: &Tensor, temperature: f64) -> ContrastiveLoss {
+    let positives = Tensor::arange(q.size()[0], (Kind::Int64, q.device()));
+    in_batch_at(q, k, &positives, temperature)
+}
+
+/// `in_batch` across ranks: `k` holds the keys of the whole global batch (builder.py's
+/// `concat_all_gather(k)`) and `positives` [N] the column of each query's own key in it (the
+/// official code's `arange(N) + N · rank`; here the rows' places in the global batch).
+pub fn in_batch_at(
+    q: &Tensor,
+    k: &Tensor,
+    positives: &Tensor,
+    temperature: f64,
+) -> ContrastiveLoss {
     let q = super::head::normalize(q);
     let k = super::head::normalize(&k.detach());
-    let (sims, loss) = batch_contrast(&q, &k, temperature);
-    let (l_pos, l_neg) = split_diagonal(&sims);
+    let sims = q.mm(&k.tr());
+    let loss = (&sims / temperature).cross_entropy_for_logits(positives);
+    let (n, m) = (sims.size()[0], sims.size()[1]);
+    let is_positive = positives
+        .unsqueeze(1)
+        .eq_tensor(&Tensor::arange(m, (Kind::Int64, sims.device())).unsqueeze(0));
+    let l_pos = sims
+        .gather(1, &positives.unsqueeze(1), false)
+        .squeeze_dim(1);
+    let l_neg = sims
+        .masked_select(&is_positive.logical_not())
+        .view([n, m - 1]);
     ContrastiveLoss {
         loss: loss * (2.0 * temperature),
         l_pos,

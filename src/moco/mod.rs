@@ -10,4 +10,5 @@ pub mod norm;
 pub mod params;
 pub mod queue;
 pub mod shuffle;
+pub mod sync_bn;
 pub mod vit;

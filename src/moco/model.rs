@@ -1,11 +1,12 @@
 //! The MoCo model: query and key encoders (backbone + head), the momentum update and the queue.
 use super::backbone::Backbone;
 use super::head::{normalize, Head, V3Mlp};
-use super::loss::{end_to_end, in_batch, info_nce, ContrastiveLoss};
+use super::loss::{end_to_end, in_batch, in_batch_at, info_nce, ContrastiveLoss};
 use super::memory_bank::MemoryBank;
 use super::params::ParamStore;
 use super::queue::Queue;
 use super::shuffle::Shuffle;
+use super::sync_bn::SyncScope;
 use crate::config::{BnStatsAcrossRanks, Framework, Mechanism, RunConfig};
 use crate::dist::DataParallel;
 use rand_chacha::ChaCha8Rng;
@@ -121,6 +122,8 @@ pub struct MocoModel {
     parallel: Option<Arc<DataParallel>>,
     /// What becomes of BatchNorm's running statistics across those ranks after a step.
     pub bn_stats_across_ranks: BnStatsAcrossRanks,
+    /// The moco framework's queries normalised over the whole global batch (`sync_bn`).
+    sync_queries: bool,
 }
 
 impl MocoModel {
@@ -155,6 +158,7 @@ impl MocoModel {
             queue_size: cfg.queue_size,
             parallel: None,
             bn_stats_across_ranks: cfg.bn_stats_across_ranks,
+            sync_queries: cfg.sync_bn,
         }
     }
 
@@ -241,7 +245,7 @@ impl MocoModel {
         rng: &mut ChaCha8Rng,
     ) -> anyhow::Result<StepOutput> {
         Ok(match self.mechanism {
-            None => self.forward_step_v3(x1, x2, m),
+            None => self.forward_step_v3(x1, x2, m)?,
             Some(Mechanism::Moco) => self.forward_step_moco(x1, x2, m, rng)?,
             Some(Mechanism::EndToEnd) => self.forward_step_end_to_end(x1, x2, rng),
             Some(Mechanism::MemoryBank) => {
@@ -314,8 +318,18 @@ impl MocoModel {
         rng: &mut ChaCha8Rng,
     ) -> anyhow::Result<StepOutput> {
         let splits = self.local_splits();
-        let q1 = self.query.embed(x1, true, splits);
-        let q2 = self.symmetric.then(|| self.query.embed(x2, true, splits));
+        let (q1, q2) = {
+            // With sync_bn, one BatchNorm group: the whole global batch.
+            let (scope, q_splits) = if self.sync_queries {
+                (SyncScope::enter(self.parallel.as_ref()), 1)
+            } else {
+                (SyncScope::enter(None), splits)
+            };
+            let q1 = self.query.embed(x1, true, q_splits);
+            let q2 = self.symmetric.then(|| self.query.embed(x2, true, q_splits));
+            scope.finish()?;
+            (q1, q2)
+        };
         self.momentum_update(m);
         let (k2, k2_all) = self.keys(x2, rng)?;
         let mut terms = vec![info_nce(&q1, &k2, &self.queue.keys, self.temperature)];
@@ -344,24 +358,48 @@ impl MocoModel {
     /// MoCo v3 (moco-v3 builder.py `forward`): q1, q2 = pred(proj(base(x1, x2))); the momentum
     /// update; k1, k2 from the momentum encoder without shuffle, BatchNorm over the whole batch;
     /// ctr(q1, k2) + ctr(q2, k1). The keys of the batch are kept for the key-similarity monitor.
-    fn forward_step_v3(&mut self, x1: &Tensor, x2: &Tensor, m: f64) -> StepOutput {
+    ///
+    /// Across ranks, as the official DDP code: every BatchNorm is SyncBatchNorm (the statistics of
+    /// the whole global batch), and each rank's queries meet the keys of the whole global batch,
+    /// gathered, with their positives at their rows' places in it.
+    fn forward_step_v3(&mut self, x1: &Tensor, x2: &Tensor, m: f64) -> anyhow::Result<StepOutput> {
+        let sync = SyncScope::enter(self.parallel.as_ref());
         let q1 = self.query.predict(x1);
         let q2 = self.query.predict(x2);
         self.momentum_update(m);
         let (k1, k2) =
             tch::no_grad(|| (self.key.project(x1, true, 1), self.key.project(x2, true, 1)));
-        let terms = vec![
-            in_batch(&q1, &k2, self.temperature),
-            in_batch(&q2, &k1, self.temperature),
-        ];
+        sync.finish()?;
+        let (terms, k1, k2) = match &self.parallel {
+            None => (
+                vec![
+                    in_batch(&q1, &k2, self.temperature),
+                    in_batch(&q2, &k1, self.temperature),
+                ],
+                k1,
+                k2,
+            ),
+            Some(p) => {
+                let (k1, k2) = (p.gather_rows(&k1)?, p.gather_rows(&k2)?);
+                let positives = p.global_positions(q1.size()[0] as usize, q1.device());
+                (
+                    vec![
+                        in_batch_at(&q1, &k2, &positives, self.temperature),
+                        in_batch_at(&q2, &k1, &positives, self.temperature),
+                    ],
+                    k1,
+                    k2,
+                )
+            }
+        };
         let loss = &terms[0].loss + &terms[1].loss;
         let keys = tch::no_grad(|| Tensor::cat(&[normalize(&k1), normalize(&k2)], 0));
-        StepOutput {
+        Ok(StepOutput {
             loss,
             terms,
             keys,
             bank_update: None,
-        }
+        })
     }
 
     /// ‖θq − θk‖ / ‖θq‖ over the mirrored parameters, as a device scalar; 0 when the mechanism

@@ -60,7 +60,19 @@ impl BatchNorm {
 
     /// Normalises `x` ([N, C, H, W] or [N, C]). In training with `splits` > 1, each of the
     /// `splits` sub-batches uses its own statistics.
+    /// In a `sync_bn::SyncScope`, training normalises over every rank's batch and `splits` is
+    /// not used.
     pub fn forward(&self, x: &Tensor, train: bool, splits: i64) -> Tensor {
+        if train {
+            if let Some(stats) = super::sync_bn::global_stats(x) {
+                return super::sync_bn::normalise(
+                    x,
+                    stats,
+                    Some((&self.weight, &self.bias)),
+                    (&self.running_mean, &self.running_var),
+                );
+            }
+        }
         let cudnn = x.device().is_cuda();
         if !train || splits <= 1 {
             return x.batch_norm(
