@@ -656,7 +656,10 @@ async fn a_dataset_downloaded_from_the_page_joins_the_table_and_the_picker() {
 async fn a_linear_probe_queued_from_the_run_page_is_followed_live_to_its_result() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"));
-    let run = server.create_run(&common::tiny_run("probed", 1)).await;
+    // Trained on two CPU processes, so the page also has its Processes panel.
+    let mut config = common::tiny_run("probed", 1);
+    config["devices"] = 2.into();
+    let run = server.create_run(&config).await;
     assert_eq!(server.wait_finished(run).await["state"], "completed");
     let b = Browser::start().await;
     b.cdp(
@@ -666,6 +669,36 @@ async fn a_linear_probe_queued_from_the_run_page_is_followed_live_to_its_result(
     .await;
 
     b.goto(&server.at(&format!("/runs/{run}"))).await;
+    // Each rank's figures: a row per rank and one curve per rank on its chart.
+    b.wait_until("the ranks' chart", Duration::from_secs(30), || async {
+        let n = b
+            .js("return document.querySelectorAll('#chart-ranks canvas').length;")
+            .await
+            .as_i64()?;
+        (n > 0).then_some(())
+    })
+    .await;
+    let series = b
+        .js("return Array.from(document.querySelectorAll('#chart-ranks .u-legend .u-series th')).map((e) => e.textContent.trim());")
+        .await;
+    assert_eq!(
+        series,
+        serde_json::json!(["step", "rank 0", "rank 1"]),
+        "legend"
+    );
+    for rank in 0..2 {
+        let speed = b
+            .text(&format!(
+                "#rank-table [data-metric=\"images_per_sec_rank{rank}\"]"
+            ))
+            .await;
+        assert!(
+            speed.replace(',', "").parse::<f64>().is_ok_and(|v| v > 0.0),
+            "rank {rank}: {speed:?}"
+        );
+    }
+    assert_no_script_errors(&b, "dashboard-19-run-ranks").await;
+    b.screenshot_full("dashboard-19-run-ranks", 1280).await;
     b.client
         .find(Locator::Css("#eval-details > summary"))
         .await

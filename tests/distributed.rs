@@ -737,6 +737,8 @@ async fn the_server_trains_a_run_on_two_processes_with_the_cpu_to_itself() {
         );
         assert!(page.contains(&format!("data-metric=\"images_per_sec_rank{rank}\"")));
     }
+    // CPU processes have no device memory or loss scale to show.
+    assert!(!page.contains("data-metric=\"device_memory_mb\""));
     let single = server
         .get(&format!("/runs/{after}"))
         .await

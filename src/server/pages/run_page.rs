@@ -293,7 +293,7 @@ async fn render_page(
             .collect()
     };
     let queue_stats = stats(key_metrics);
-    let device_stats = if run.device == "cpu" {
+    let device_stats = if run.device.split(',').all(|d| d == "cpu") {
         Vec::new()
     } else {
         stats(&DEVICE_METRICS)
