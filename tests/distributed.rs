@@ -897,3 +897,37 @@ async fn a_run_on_two_processes_survives_a_shutdown_and_a_crash_of_the_server() 
     let done = server.wait_state_fail_fast(id, &["completed"]).await;
     assert_eq!(done["step"], 60);
 }
+
+#[tokio::test]
+async fn a_run_on_two_processes_is_not_overtaken_by_younger_runs_on_its_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server =
+        common::Server::start_with(&tmp.path().join("data"), &["--runs-per-device", "2"], &[]);
+    // A long run holds one of the CPU's two slots; the run on two processes needs the CPU to
+    // itself and waits; a younger one-process run could take the free slot, but waits its turn.
+    let mut long = common::tiny_run("long", 200);
+    long["knn_every"] = 0.into();
+    let long = server.create_run(&long).await;
+    server.wait_state_fail_fast(long, &["running"]).await;
+    let mut two = common::tiny_run("two", 1);
+    two["devices"] = 2.into();
+    let two = server.create_run(&two).await;
+    let young = server.create_run(&common::tiny_run("young", 1)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        server.run(young).await["state"],
+        "queued",
+        "the younger run waits"
+    );
+    assert_eq!(server.run(two).await["state"], "queued");
+    let (status, body) = server
+        .post(&format!("/api/runs/{long}/cancel"), &Value::Null)
+        .await;
+    assert!(status < 300, "{status} {body}");
+    let two = server.wait_state_fail_fast(two, &["completed"]).await;
+    let young = server.wait_state_fail_fast(young, &["completed"]).await;
+    assert!(
+        when(&young["started_at"]) >= when(&two["finished_at"]),
+        "{young} overtook {two}"
+    );
+}

@@ -461,15 +461,16 @@ def report_check(losses, step_meta, worst):
     name, diff = max(worst.items(), key=lambda kv: kv[1])
     report.update({"max_diff": diff, "max_diff_tensor": name, "tensors_compared": len(worst)})
     loss_diff = max(abs(a - b) for a, b in zip(losses, engine_losses))
-    # fp32 kernels sum in different orders (oneDNN picks its blocking by load and threads): three
-    # steps at a loss near 10 leave differences in a weight that, over 15 runs of the three
-    # tests (alone and under the full test suite), ranged from 5.7e-7 to 2.0e-4. The bound is 3×
-    # the largest; a wrong formula shows at the 1e-3 level (one step of lr × gradient), and the
-    # losses, which agree to 3e-6, are held to 1e-4. MoCo v3's checks also compare the optimizer
-    # state: over 5 runs at 1 and 2 threads the ResNet's (LARS momentum) differed by at most
-    # 9.9e-6 and the tiny ViT's (Adam's first moment of the class token) by at most 1.7e-4,
-    # 3.6× below the bound; a missing trust ratio moved a weight by 0.27.
-    ok = diff < 6e-4 and loss_diff < 1e-4 and len(losses) == len(engine_losses)
+    # fp32 kernels sum in different orders (oneDNN picks its blocking by threads and CPU), and
+    # now and then that flips a ReLU sitting at 0, which changes a gradient outright. With the
+    # tests' inputs drawn from seeds 0-5 (the tests use 0) at 1 and 2 threads, all five tests
+    # running at once as in CI, the largest difference of any tensor was 4.4e-4 (a ResNet weight
+    # after such a flip; at seed 0 at most 8.3e-5), and one input set seen in CI gave 7.8e-4 in
+    # LARS's momentum of a BatchNorm weight. The bound is 3x the largest. A wrong formula shows
+    # above it: a missing LARS trust ratio moves a weight by 0.27; the losses, which agree to
+    # 3e-6, are held to 1e-4, and a wrong shuffle, temperature or momentum update moves them by
+    # far more.
+    ok = diff < 2.4e-3 and loss_diff < 1e-4 and len(losses) == len(engine_losses)
     report["ok"] = ok
     print(json.dumps(report))
     return 0 if ok else 1

@@ -295,16 +295,20 @@ impl Scheduler {
             )
             .collect();
         queue.sort();
+        // Devices an older job waits for: a younger one does not overtake it there, so a run on
+        // several devices is not starved by single-device jobs that keep one of them busy.
+        let mut awaited: std::collections::HashSet<String> = std::collections::HashSet::new();
         for (_, key, device) in queue {
             {
                 let slots = self.inner.slots.lock().unwrap();
                 if slots.shutting_down {
                     return Ok(());
                 }
-                if !slots.can_start(
-                    &stored_devices(&device),
-                    self.inner.options.runs_per_device.max(1),
-                ) {
+                let devices = stored_devices(&device);
+                if devices.iter().any(|d| awaited.contains(d))
+                    || !slots.can_start(&devices, self.inner.options.runs_per_device.max(1))
+                {
+                    awaited.extend(devices);
                     continue;
                 }
             }
