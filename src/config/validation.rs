@@ -363,6 +363,49 @@ mod tests {
     }
 
     #[test]
+    fn sync_bn_and_several_processes_state_their_rules() {
+        let errors = RunConfig::preset(Preset::Demo)
+            .with_overrides([
+                ("mechanism", Value::from("memory_bank")),
+                ("sync_bn", true.into()),
+            ])
+            .unwrap_err();
+        assert_eq!(errors[0].field, "sync_bn");
+        assert!(
+            errors[0]
+                .message
+                .starts_with("the memory_bank mechanism normalises in shuffle_bn_splits groups"),
+            "{}",
+            errors[0]
+        );
+        // The demo's global batch (shuffle_bn_splits BN groups) split over 3 processes.
+        let demo = RunConfig::preset(Preset::Demo);
+        let errors = demo
+            .clone()
+            .with_overrides([("devices", Value::from(3))])
+            .unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(fields.contains(&"batch_size"), "{errors:?}");
+        assert!(
+            errors[0].message.contains("split evenly over 3 ranks"),
+            "{errors:?}"
+        );
+        let errors = demo
+            .with_overrides([("device", Value::from("cuda:0,cuda:1"))])
+            .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![FieldError::new(
+                "devices",
+                "device lists 2 devices, one per process, so devices must be 2 (got 1)"
+            )]
+        );
+        let v3 = RunConfig::preset(Preset::V3Cifar)
+            .with_overrides([("devices", Value::from(2)), ("shuffle_bn_splits", 1.into())]);
+        assert!(v3.is_ok(), "v3 normalises over the whole batch: {v3:?}");
+    }
+
+    #[test]
     fn ranges_come_from_the_schema() {
         let cases: [(&str, Value, &str); 7] = [
             ("epochs", 0.into(), "must be between 1 and 10000, got 0"),
