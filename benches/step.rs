@@ -181,7 +181,7 @@ fn engine_step_timing(
             model.forward_step(&x1, &x2, 0.99, &mut rng).unwrap()
         };
         model.query.store.zero_grad();
-        optimizer.backward(&out.loss);
+        optimizer.backward(&out.loss).unwrap();
         optimizer.step(&model.query.store, cfg.effective_lr());
         model.queue.enqueue(&out.keys, i);
     };

@@ -267,7 +267,7 @@ fn the_loss_scaler_backs_off_on_overflow_and_the_step_is_skipped() {
 
     // A loss that overflows fp32 once scaled: its gradients are infinite.
     let huge = store.params[0].tensor.sum(Kind::Float) * 1e36;
-    sgd.backward(&huge);
+    sgd.backward(&huge).unwrap();
     sgd.step(store, 0.1);
     let scaler = sgd.scaler.as_ref().unwrap();
     assert_eq!(f64::try_from(&scaler.found_inf).unwrap(), 1.0);
@@ -282,7 +282,7 @@ fn the_loss_scaler_backs_off_on_overflow_and_the_step_is_skipped() {
     // A normal loss: gradients are unscaled exactly and the step is taken.
     let _ = store.params[0].tensor.grad().zero_();
     let loss = store.params[0].tensor.sum(Kind::Float);
-    sgd.backward(&loss);
+    sgd.backward(&loss).unwrap();
     let scaled = store.params[0].tensor.grad().copy();
     sgd.step(store, 0.1);
     let scaler = sgd.scaler.as_ref().unwrap();

@@ -116,12 +116,15 @@ impl FlatOptimizer {
         self
     }
 
-    /// Runs backward on `loss` (scaled when a loss scaler is in use).
-    pub fn backward(&self, loss: &Tensor) {
+    /// Runs backward on `loss` (scaled when a loss scaler is in use). Errors when the backward
+    /// pass fails, as a collective with the other ranks inside it (SyncBatchNorm's) does when a
+    /// peer is gone.
+    pub fn backward(&self, loss: &Tensor) -> anyhow::Result<()> {
         match &self.scaler {
-            Some(scaler) => scaler.scale_loss(loss).backward(),
-            None => loss.backward(),
+            Some(scaler) => scaler.scale_loss(loss).f_backward(),
+            None => loss.f_backward(),
         }
+        .map_err(|e| anyhow::anyhow!("the backward pass failed: {e}"))
     }
 
     /// Applies one step with the gradients currently held by the parameters.

@@ -57,7 +57,7 @@ pub fn train_step(
         model.forward_step_indexed(&x1, &x2, indices.as_ref(), params.momentum, &mut rng)?
     };
     model.query.store.zero_grad();
-    optimizer.backward(&out.loss);
+    optimizer.backward(&out.loss)?;
     if let Some(p) = &parallel {
         p.average_gradients(&model.query.store)?;
     }
