@@ -286,27 +286,56 @@ fn collectives_and_the_cross_rank_shuffle_give_hand_values() {
     assert_eq!(dp.leader_value(41.5 + r).unwrap(), 41.5);
 }
 
+/// The same run on one process (`dir`/one) and on two ranks (`dir`/two), both successful: their
+/// events, and their losses, one per step for the 4 steps of the runs compared here.
+fn one_and_two_ranks(dir: &Path, preset: &str, settings: &[&str]) -> [(Vec<Value>, Vec<f64>); 2] {
+    [&["--out", "one"][..], &["--out", "two", "--nproc", "2"]].map(|flags| {
+        let out = train_preset(dir, preset, flags, settings);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let events = json_lines(&out.stdout);
+        let losses = losses(&events);
+        assert_eq!(losses.len(), 4, "2 epochs of 2 steps");
+        (events, losses)
+    })
+}
+
+/// The two runs' losses agree within `loss_bound` at every step, and their last checkpoints
+/// within each kind's bound (`differences_by_kind`).
+fn assert_trained_alike(
+    dir: &Path,
+    l1: &[f64],
+    l2: &[f64],
+    loss_bound: f64,
+    bounds: &[(&str, f64)],
+) {
+    assert_eq!(l1.len(), l2.len());
+    for (step, (a, b)) in l1.iter().zip(l2).enumerate() {
+        assert!(
+            (a - b).abs() < loss_bound,
+            "step {}: loss {a} vs {b}",
+            step + 1
+        );
+    }
+    let worst = differences_by_kind(
+        &latest_checkpoint(&dir.join("one")),
+        &latest_checkpoint(&dir.join("two")),
+    );
+    for (kind, bound) in bounds {
+        let (diff, name) = &worst[kind];
+        assert!(diff < bound, "{kind}: {name} differs by {diff}");
+    }
+}
+
 #[test]
 fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let steps = ["epochs=2", "dataset.synthetic_train=32"];
-    let one = train(dir.path(), &["--out", "one"], &steps);
-    assert!(
-        one.status.success(),
-        "{}",
-        String::from_utf8_lossy(&one.stderr)
-    );
-    let two = train(dir.path(), &["--out", "two", "--nproc", "2"], &steps);
-    assert!(
-        two.status.success(),
-        "{}",
-        String::from_utf8_lossy(&two.stderr)
-    );
-    let (one_events, two_events) = (json_lines(&one.stdout), json_lines(&two.stdout));
+    let settings = [&TINY[..], &["epochs=2", "dataset.synthetic_train=32"]].concat();
+    let [(_, l1), (two_events, l2)] = one_and_two_ranks(dir.path(), "cifar", &settings);
     assert_eq!(two_events.last().unwrap()["state"], "completed");
-    let (l1, l2) = (losses(&one_events), losses(&two_events));
-    assert_eq!(l1.len(), 4, "2 epochs of 2 steps");
-    assert_eq!(l1.len(), l2.len());
     // The ranks see the same images, views, permutations and BatchNorm groups as the one
     // process; only the order of float sums differs (half-batch kernels, the all-reduce). That
     // moves activations by ~1e-7, which now and then flips a ReLU sitting at 0 and so changes a
@@ -318,26 +347,22 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
     // The bounds are at least 3× those. Two ranks with the wrong BatchNorm groups (one process
     // at splits 2) are off by: loss 2.5e-3 to 2.5e-2, parameters 9.1e-2, BatchNorm statistics
     // 0.21, queue 0.12, momentum 0.72.
-    for (step, (a, b)) in l1.iter().zip(&l2).enumerate() {
-        assert!((a - b).abs() < 2.1e-3, "step {}: loss {a} vs {b}", step + 1);
-    }
+    assert_trained_alike(
+        dir.path(),
+        &l1,
+        &l2,
+        2.1e-3,
+        &[
+            ("parameters", 1.5e-2),
+            ("bn_statistics", 1.5e-3),
+            ("queue", 5e-5),
+            ("momentum_buffer", 0.25),
+        ],
+    );
     assert!(
         (l1[3] - l1[0]).abs() > 0.1,
         "training moved the loss: {l1:?}"
     );
-    let worst = differences_by_kind(
-        &latest_checkpoint(&dir.path().join("one")),
-        &latest_checkpoint(&dir.path().join("two")),
-    );
-    for (kind, bound) in [
-        ("parameters", 1.5e-2),
-        ("bn_statistics", 1.5e-3),
-        ("queue", 5e-5),
-        ("momentum_buffer", 0.25),
-    ] {
-        let (diff, name) = &worst[kind];
-        assert!(diff < &bound, "{kind}: {name} differs by {diff}");
-    }
     let files = |run: &str| {
         let mut names: Vec<_> = std::fs::read_dir(dir.path().join(run))
             .unwrap()
@@ -356,29 +381,7 @@ fn two_ranks_train_as_one_process_with_the_same_global_batch() {
 #[test]
 fn v3_on_two_ranks_trains_as_one_process_with_sync_batch_norm() {
     let dir = tempfile::tempdir().unwrap();
-    let one = train_preset(dir.path(), "v3-cifar", &["--out", "one"], &V3_TINY);
-    assert!(
-        one.status.success(),
-        "{}",
-        String::from_utf8_lossy(&one.stderr)
-    );
-    let two = train_preset(
-        dir.path(),
-        "v3-cifar",
-        &["--out", "two", "--nproc", "2"],
-        &V3_TINY,
-    );
-    assert!(
-        two.status.success(),
-        "{}",
-        String::from_utf8_lossy(&two.stderr)
-    );
-    let (l1, l2) = (
-        losses(&json_lines(&one.stdout)),
-        losses(&json_lines(&two.stdout)),
-    );
-    assert_eq!(l1.len(), 4, "2 epochs of 2 steps");
-    assert_eq!(l1.len(), l2.len());
+    let [(_, l1), (_, l2)] = one_and_two_ranks(dir.path(), "v3-cifar", &V3_TINY);
     // SyncBatchNorm normalises every layer over the global batch, as the one process's
     // BatchNorm does, and each rank's queries meet the gathered keys of the whole batch: the
     // same step up to float summation order. Measured with exactly this run over seeds 0–5 ×
@@ -386,52 +389,32 @@ fn v3_on_two_ranks_trains_as_one_process_with_sync_batch_norm() {
     // momentum buffer ≤ 1.6e-3 (the larger figures where a ReLU at 0 flipped; ≤ 1.3e-6 without
     // one). The bounds are at least 3× those. Two ranks with per-rank BatchNorm instead are off
     // by: loss 0.026 to 0.068, parameters 0.12 to 0.24, BatchNorm statistics 0.15 to 0.41.
-    for (step, (a, b)) in l1.iter().zip(&l2).enumerate() {
-        assert!((a - b).abs() < 5e-6, "step {}: loss {a} vs {b}", step + 1);
-    }
+    assert_trained_alike(
+        dir.path(),
+        &l1,
+        &l2,
+        5e-6,
+        &[
+            ("parameters", 3e-4),
+            ("bn_statistics", 2e-5),
+            ("momentum_buffer", 6e-3),
+        ],
+    );
     // Seed 0's loss falls by 0.076 over the 4 steps (the same to 1e-6 at 1 and 2 threads).
     assert!(l1[0] - l1[3] > 0.02, "training moved the loss: {l1:?}");
-    let worst = differences_by_kind(
-        &latest_checkpoint(&dir.path().join("one")),
-        &latest_checkpoint(&dir.path().join("two")),
-    );
-    for (kind, bound) in [
-        ("parameters", 3e-4),
-        ("bn_statistics", 2e-5),
-        ("momentum_buffer", 6e-3),
-    ] {
-        let (diff, name) = &worst[kind];
-        assert!(diff < &bound, "{kind}: {name} differs by {diff}");
-    }
 }
 
 #[test]
 fn sync_bn_queries_on_two_ranks_train_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
-    let settings = [
+    let extra = [
         "epochs=2",
         "dataset.synthetic_train=32",
         "sync_bn=true",
         "seed=0",
     ];
-    let one = train(dir.path(), &["--out", "one"], &settings);
-    assert!(
-        one.status.success(),
-        "{}",
-        String::from_utf8_lossy(&one.stderr)
-    );
-    let two = train(dir.path(), &["--out", "two", "--nproc", "2"], &settings);
-    assert!(
-        two.status.success(),
-        "{}",
-        String::from_utf8_lossy(&two.stderr)
-    );
-    let (l1, l2) = (
-        losses(&json_lines(&one.stdout)),
-        losses(&json_lines(&two.stdout)),
-    );
-    assert_eq!(l1.len(), 4);
-    assert_eq!(l1.len(), l2.len());
+    let settings = [&TINY[..], &extra].concat();
+    let [(_, l1), (_, l2)] = one_and_two_ranks(dir.path(), "cifar", &settings);
     // The queries' BatchNorm over the whole global batch on both (SyncBatchNorm across the
     // ranks), the keys in 4 shuffled groups. Measured with exactly this run over seeds 0–5 ×
     // OMP_NUM_THREADS 1 and 2: loss ≤ 2.5e-4, parameters ≤ 4.2e-3, BatchNorm statistics
@@ -439,26 +422,22 @@ fn sync_bn_queries_on_two_ranks_train_as_one_process() {
     // otherwise). The bounds are at least 3× those. The queries normalised per rank instead are
     // off by: loss 0.032 to 0.18, parameters 0.063 to 0.21, BatchNorm statistics 0.089 to 0.52,
     // queue 3.3e-3 to 2.4e-2, momentum 0.95 to 2.0.
-    for (step, (a, b)) in l1.iter().zip(&l2).enumerate() {
-        assert!((a - b).abs() < 1e-3, "step {}: loss {a} vs {b}", step + 1);
-    }
+    assert_trained_alike(
+        dir.path(),
+        &l1,
+        &l2,
+        1e-3,
+        &[
+            ("parameters", 1.5e-2),
+            ("bn_statistics", 2.5e-3),
+            ("queue", 6e-5),
+            ("momentum_buffer", 0.5),
+        ],
+    );
     assert!(
         (l1[3] - l1[0]).abs() > 0.1,
         "training moved the loss: {l1:?}"
     );
-    let worst = differences_by_kind(
-        &latest_checkpoint(&dir.path().join("one")),
-        &latest_checkpoint(&dir.path().join("two")),
-    );
-    for (kind, bound) in [
-        ("parameters", 1.5e-2),
-        ("bn_statistics", 2.5e-3),
-        ("queue", 6e-5),
-        ("momentum_buffer", 0.5),
-    ] {
-        let (diff, name) = &worst[kind];
-        assert!(diff < &bound, "{kind}: {name} differs by {diff}");
-    }
 }
 
 /// The pids of `parent`'s children, whichever of its threads started them.
