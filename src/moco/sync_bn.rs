@@ -81,35 +81,33 @@ pub fn global_stats(x: &Tensor) -> Option<(Tensor, Tensor, f64)> {
         let local = (x.numel() as i64 / channels.max(1)) as f64;
         let count = local * scope.parallel.world() as f64;
         let x = x.to_kind(Kind::Float);
-        if scope.error.is_some() {
-            // A collective already failed: anything finite will do, the step is abandoned.
-            let (var, mean) = x.var_mean_correction(&dims[..], 0, false);
-            return Some((mean, var, local));
-        }
-        let result = (|| {
-            let sum =
-                scope
+        if scope.error.is_none() {
+            let synced = (|| {
+                let sum = scope.parallel.sum_with_grad(&x.sum_dim_intlist(
+                    &dims[..],
+                    false,
+                    Kind::Float,
+                ))?;
+                let mean = sum / count;
+                let centred = &x - mean.view(shape.as_slice());
+                let squares = scope
                     .parallel
-                    .sum_with_grad(&x.sum_dim_intlist(&dims[..], false, Kind::Float))?;
-            let mean = sum / count;
-            let centred = &x - mean.view(shape.as_slice());
-            let squares = scope
-                .parallel
-                .sum_with_grad(
-                    &centred
-                        .square()
-                        .sum_dim_intlist(&dims[..], false, Kind::Float),
-                )?;
-            anyhow::Ok((mean, squares / count))
-        })();
-        Some(match result {
-            Ok((mean, var)) => (mean, var, count),
-            Err(e) => {
-                scope.error = Some(e);
-                let (var, mean) = x.var_mean_correction(&dims[..], 0, false);
-                (mean, var, local)
+                    .sum_with_grad(&centred.square().sum_dim_intlist(
+                        &dims[..],
+                        false,
+                        Kind::Float,
+                    ))?;
+                anyhow::Ok((mean, squares / count))
+            })();
+            match synced {
+                Ok((mean, var)) => return Some((mean, var, count)),
+                Err(e) => scope.error = Some(e),
             }
-        })
+        }
+        // A collective failed, here or in an earlier layer: anything finite will do, the step is
+        // abandoned.
+        let (var, mean) = x.var_mean_correction(&dims[..], 0, false);
+        Some((mean, var, local))
     })
 }
 
