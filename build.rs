@@ -16,6 +16,8 @@ fn main() {
     println!("cargo:rerun-if-changed=csrc/torch_ext.cpp");
     println!("cargo:rerun-if-changed=csrc/dist.cpp");
     println!("cargo:rerun-if-changed=csrc/dist_nccl.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist_reducer.cpp");
+    println!("cargo:rerun-if-changed=csrc/dist_group.h");
     println!("cargo:rerun-if-changed=csrc/guarded.h");
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB").expect(
@@ -58,8 +60,8 @@ fn compile_torch_ext(lib_dir: &Path) {
         .compile("moco_torch_ext");
 }
 
-/// Builds csrc/dist.cpp (c10d: TCPStore, Gloo) and, when libtorch carries CUDA, csrc/dist_nccl.cpp
-/// (NCCL). ProcessGroupGloo.hpp includes gloo's own headers, which the torch wheel lacks:
+/// Builds csrc/dist.cpp (c10d: TCPStore, Gloo), csrc/dist_reducer.cpp (the bucketed gradient
+/// all-reduce) and, when libtorch carries CUDA, csrc/dist_nccl.cpp (NCCL). ProcessGroupGloo.hpp includes gloo's own headers, which the torch wheel lacks:
 /// scripts/setup.sh installs them (Debian's libgloo-dev, in /usr/include). The NCCL group's
 /// headers need CUDA's and NCCL's, from the wheel's nvidia packages (site-packages/nvidia).
 fn compile_dist(lib_dir: &Path) {
@@ -73,6 +75,7 @@ fn compile_dist(lib_dir: &Path) {
     let mut build = libtorch_build(lib_dir);
     build
         .file("csrc/dist.cpp")
+        .file("csrc/dist_reducer.cpp")
         .include(&gloo)
         .define("USE_C10D_GLOO", None);
     if lib_dir.join("libtorch_cuda.so").exists() {

@@ -6,7 +6,9 @@
 //!
 //! Prints milliseconds per step for 1 and 2 processes on each side, the engine's time in
 //! collectives per step (`comm_ms`: sharing images, keys and gradients, and waiting for the other
-//! rank) and the ratios. The engine's figure is a whole training step as a run takes it,
+//! rank) and the ratios. A third engine row trains 2 processes with the whole gradient in one
+//! bucket (`bucket_cap_mb` above its size: one all-reduce after backward), against DDP's buckets
+//! that overlap backward in the row above. The engine's figure is a whole training step as a run takes it,
 //! augmentation of both views and the loader included; PyTorch's is the model step on tensors
 //! already in memory, so the ratio leans in PyTorch's favour.
 //!
@@ -30,10 +32,10 @@ struct EngineTiming {
     comm_ms: Option<f64>,
 }
 
-fn engine(nproc: usize, width: usize, batch: usize, steps: usize) -> EngineTiming {
+fn engine(nproc: usize, width: usize, batch: usize, steps: usize, extra: &[&str]) -> EngineTiming {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let images = batch * steps;
-    let settings = [
+    let mut settings = vec![
         format!("width={width}"),
         format!("batch_size={batch}"),
         "queue_size=4096".into(),
@@ -50,6 +52,7 @@ fn engine(nproc: usize, width: usize, batch: usize, steps: usize) -> EngineTimin
         format!("dataset.synthetic_train={images}"),
         "dataset.synthetic_test=16".into(),
     ];
+    settings.extend(extra.iter().map(|s| s.to_string()));
     let out = Command::new(env!("CARGO_BIN_EXE_moco-server"))
         .current_dir(dir.path())
         .args([
@@ -132,7 +135,7 @@ fn main() {
     println!("| --- | --- | --- | --- | --- |");
     let mut rows = Vec::new();
     for nproc in [1, 2] {
-        let e = engine(nproc, width, batch, steps);
+        let e = engine(nproc, width, batch, steps, &[]);
         let p = pytorch(nproc, width, batch, steps);
         let comm = e.comm_ms.map_or("–".to_string(), |c| format!("{c:.1}"));
         println!(
@@ -142,7 +145,21 @@ fn main() {
         );
         rows.push((e, p));
     }
+    let one_bucket = engine(2, width, batch, steps, &["bucket_cap_mb=4096"]);
+    println!(
+        "| 2, one bucket | {:.1} | {} | | |",
+        one_bucket.ms_per_step,
+        one_bucket
+            .comm_ms
+            .map_or("–".to_string(), |c| format!("{c:.1}"))
+    );
     let (one, two) = (&rows[0], &rows[1]);
+    println!(
+        "2 processes, DDP's buckets / one bucket after backward: {:.2} of the step, {:.2} of the \
+         time in collectives",
+        two.0.ms_per_step / one_bucket.ms_per_step,
+        two.0.comm_ms.unwrap_or(0.0) / one_bucket.comm_ms.unwrap_or(f64::NAN)
+    );
     println!(
         "2 processes / 1 process, same global batch: engine {:.2}, PyTorch DDP {:.2}; share of the \
          engine's 2-process step in collectives: {:.0}%",

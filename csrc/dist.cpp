@@ -27,11 +27,7 @@ c10::intrusive_ptr<c10d::Backend> moco_nccl_backend(const c10::intrusive_ptr<c10
                                                     std::chrono::milliseconds timeout);
 #endif
 
-struct MocoDistGroup {
-  c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<c10d::Backend> backend;
-};
-
+#include "dist_group.h"
 #include "guarded.h"
 
 namespace {

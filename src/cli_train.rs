@@ -141,7 +141,7 @@ pub fn train(mut args: TrainArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let group = ProcessGroup::join(&place.rendezvous)?;
-        parallel = Some(std::sync::Arc::new(DataParallel::new(group)));
+        parallel = Some(std::sync::Arc::new(DataParallel::new(group, device)));
     }
     let leader = place.as_ref().is_none_or(|p| p.rendezvous.rank == 0);
     let run_dir = match place.as_ref().and_then(|p| p.run_dir.clone()) {

@@ -2,20 +2,25 @@
 //! reports itself as skipped (a machine without a GPU cannot check them). A plain `main` rather
 //! than the libtest harness, so "skipped" is said out loud instead of passing silently.
 use moco_server::config::{Preset, RunConfig};
+use moco_server::dist::{CommBackend, DataParallel, ProcessGroup, Rendezvous};
 use moco_server::moco::model::MocoModel;
+use moco_server::moco::params::ParamStore;
 use moco_server::train::events::{CheckpointKind, CollectingObserver, RunOutcome, TrainEvent};
 use moco_server::train::stop::StopFlag;
+use moco_server::train::stop::StopRequest;
 use moco_server::train::{run_training, TrainRequest};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
 use tch::{Device, Kind, Tensor};
 
 /// A named check that needs a CUDA device.
 type Check = (&'static str, fn(Device));
 
 fn main() {
-    let checks: [Check; 4] = [
+    let checks: [Check; 5] = [
         (
             "a_tiny_run_completes_on_cuda_with_checkpoints",
             a_tiny_run_completes_on_cuda_with_checkpoints,
@@ -29,6 +34,10 @@ fn main() {
             auto_on_cuda_is_bf16_channels_last_with_memory_metrics,
         ),
         ("fp16_on_cuda_scales_the_loss", fp16_on_cuda_scales_the_loss),
+        (
+            "an_nccl_group_of_one_rank_reduces_and_trains",
+            an_nccl_group_of_one_rank_reduces_and_trains,
+        ),
     ];
     let available = tch::Cuda::is_available();
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
@@ -57,6 +66,15 @@ fn main() {
 
 /// Trains the tiny CIFAR-shaped config (2 epochs of 8 steps) on `device` with `overrides`.
 fn tiny_run(device: Device, overrides: serde_json::Value) -> (RunOutcome, CollectingObserver) {
+    tiny_run_in(device, overrides, None)
+}
+
+/// `tiny_run` as a rank of `parallel` when given.
+fn tiny_run_in(
+    device: Device,
+    overrides: serde_json::Value,
+    parallel: Option<Arc<DataParallel>>,
+) -> (RunOutcome, CollectingObserver) {
     let dir = tempfile::tempdir().unwrap();
     let mut doc = json!({
         "preset": "cifar", "width": 16, "batch_size": 64, "queue_size": 256,
@@ -77,7 +95,7 @@ fn tiny_run(device: Device, overrides: serde_json::Value) -> (RunOutcome, Collec
             stop: StopFlag::new(),
             resume_from: None,
             allow_config_change: false,
-            parallel: None,
+            parallel,
         },
         &mut observer,
     )
@@ -184,4 +202,65 @@ fn a_cuda_step_matches_the_cpu_step(device: Device) {
     let cpu = loss_on(Device::Cpu);
     let gpu = loss_on(device);
     assert!((cpu - gpu).abs() < 1e-3, "cpu {cpu} vs cuda {gpu}");
+}
+
+/// A real NCCL group of one rank: host values cross through the GPU, the bucketed gradient
+/// all-reduce runs from CUDA's autograd thread, and a run trains as that rank.
+fn an_nccl_group_of_one_rank_reduces_and_trains(device: Device) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let group = ProcessGroup::join(&Rendezvous {
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        rank: 0,
+        world: 1,
+        backend: CommBackend::Nccl,
+        timeout: Duration::from_secs(120),
+        bind: String::new(),
+    })
+    .unwrap();
+    let dp = Arc::new(DataParallel::new(group, device));
+    assert_eq!(
+        dp.agree_on_stop(StopRequest::Interrupt).unwrap(),
+        StopRequest::Interrupt
+    );
+    assert_eq!(dp.leader_value(2.5).unwrap(), 2.5);
+    assert_eq!(dp.gather_values(&[1.0, 2.0]).unwrap(), vec![vec![1.0, 2.0]]);
+    assert_eq!(
+        dp.leader_bytes(|| Ok(vec![7, 8, 9])).unwrap(),
+        vec![7, 8, 9]
+    );
+
+    let mut store = ParamStore::new(device);
+    let a = store.param("a".into(), Tensor::from_slice(&[1f32, 2.0, 3.0]), false);
+    let b = store.param("b".into(), Tensor::from_slice(&[-1f32, 4.0]), false);
+    store.flatten();
+    store.attach_flat_grad();
+    // 4-byte buckets: one per parameter.
+    let reducer = dp.gradient_reducer(&store, 4.0 / 1048576.0).unwrap();
+    assert_eq!(reducer.buckets(), 2);
+    store.zero_grad();
+    reducer.arm().unwrap();
+    (a.square().sum(Kind::Float) + b.sum(Kind::Float) * 3.0).backward();
+    assert_eq!(
+        reducer.finish().unwrap(),
+        2,
+        "backward started both buckets"
+    );
+    let grad = Vec::<f32>::try_from(store.flat_grad().to_device(Device::Cpu)).unwrap();
+    assert_eq!(grad, [2.0, 4.0, 6.0, 3.0, 3.0]);
+
+    let (outcome, observer) = tiny_run_in(device, json!({}), Some(dp));
+    assert!(
+        matches!(outcome, RunOutcome::Completed { step: 16, .. }),
+        "{outcome:?}"
+    );
+    assert!(observer.events.iter().any(|e| matches!(
+        e,
+        TrainEvent::Log { message, .. } if message.starts_with("gradients all-reduced over 1 ranks")
+    )));
+    assert!(observer.metrics().last().unwrap().values["loss"].is_finite());
 }

@@ -99,6 +99,10 @@ fn default_mechanism() -> Mechanism {
 fn default_devices() -> i64 {
     1
 }
+/// DistributedDataParallel's default bucket_cap_mb.
+fn default_bucket_cap_mb() -> f64 {
+    25.0
+}
 fn default_bn_stats_across_ranks() -> BnStatsAcrossRanks {
     BnStatsAcrossRanks::Mean
 }
@@ -429,6 +433,17 @@ pub struct RunConfig {
     #[serde(default)]
     #[schemars(title = "Memory format", extend("x-group" = "speed"))]
     pub memory_format: MemoryFormat,
+    /// With several processes: the gradient is all-reduced in buckets of this many MiB, each
+    /// started while backward still computes the layers before it; the first bucket holds at
+    /// most 1 MiB (DistributedDataParallel's bucket_cap_mb and first bucket). A bucket larger
+    /// than the encoder's gradient gives one all-reduce at the end of backward.
+    #[serde(default = "default_bucket_cap_mb")]
+    #[schemars(
+        title = "Gradient bucket (MiB)",
+        range(max = 65536),
+        extend("exclusiveMinimum" = 0, "x-group" = "speed")
+    )]
+    pub bucket_cap_mb: f64,
 
     // Monitoring and checkpoints.
     /// Seeds the initial weights, the epoch order and the augmentations.

@@ -96,6 +96,7 @@ impl RunConfig {
             devices: 1,
             precision: Precision::Auto,
             memory_format: MemoryFormat::Auto,
+            bucket_cap_mb: super::default_bucket_cap_mb(),
             metrics_every: 10,
             knn_every: 1,
             knn_baseline: true,

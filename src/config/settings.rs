@@ -485,7 +485,7 @@ mod tests {
         let settings: BTreeSet<String> = all().iter().map(|s| s.key.clone()).collect();
         assert_eq!(settings, fields);
         assert!(all().iter().all(|s| !s.label.is_empty()));
-        assert_eq!(all().len(), 69);
+        assert_eq!(all().len(), 70);
     }
 
     #[test]

@@ -133,6 +133,11 @@ impl ProcessGroup {
         self.rank
     }
 
+    /// The C++ group, for the other shims that work over it (the gradient reducer).
+    pub(super) fn raw(&self) -> *mut c_void {
+        self.raw
+    }
+
     pub fn world(&self) -> usize {
         self.world
     }

@@ -1,12 +1,14 @@
 //! Training on several processes (devices, machines) over PyTorch's c10d: the process group
-//! (`group`), the data-parallel arithmetic (`parallel`) and the launcher that spawns and
-//! supervises the ranks (`launch`).
+//! (`group`), the data-parallel arithmetic (`parallel`), the gradient's all-reduce overlapped
+//! with backward (`reducer`) and the launcher that spawns and supervises the ranks (`launch`).
 pub mod group;
 pub mod launch;
 pub mod parallel;
+pub mod reducer;
 
 pub use group::{CommBackend, ProcessGroup, Rendezvous};
 pub use parallel::DataParallel;
+pub use reducer::GradientReducer;
 
 use crate::config::{FieldError, Framework, Mechanism, RunConfig};
 

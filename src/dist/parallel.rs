@@ -9,25 +9,35 @@
 //! global groups. So a run on N ranks equals the single-process run with the same global batch
 //! and S, up to floating-point summation order: the property the tests check.
 use super::group::{ProcessGroup, ReduceOp};
+use super::reducer::GradientReducer;
 use crate::config::BnStatsAcrossRanks;
 use crate::moco::params::ParamStore;
 use crate::train::stop::StopRequest;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 pub struct DataParallel {
     pub group: ProcessGroup,
+    /// Where this rank's collectives take their tensors: the CPU for Gloo, the rank's GPU for
+    /// NCCL (which reduces CUDA tensors only), so host values cross through it.
+    device: Device,
     /// Nanoseconds spent in collectives since the last `take_comm_time`.
     comm_ns: AtomicU64,
 }
 
 impl DataParallel {
-    pub fn new(group: ProcessGroup) -> Self {
+    pub fn new(group: ProcessGroup, device: Device) -> Self {
         DataParallel {
             group,
+            device,
             comm_ns: AtomicU64::new(0),
         }
+    }
+
+    /// Host values as a tensor the group's backend takes.
+    fn host_values<T: tch::kind::Element>(&self, values: &[T]) -> Tensor {
+        Tensor::from_slice(values).to_device(self.device)
     }
 
     /// Runs a collective, adding its duration to the communication time.
@@ -113,14 +123,21 @@ impl DataParallel {
         Ok(())
     }
 
-    /// The gradient becomes the mean of the ranks' gradients, so the step is the one of the
-    /// global batch's mean loss: one all-reduce of the whole flat gradient after backward.
-    pub fn average_gradients(&self, store: &ParamStore) -> anyhow::Result<()> {
+    /// A reducer of `store`'s flat gradient over this group (see `reducer`).
+    pub fn gradient_reducer(
+        &self,
+        store: &ParamStore,
+        bucket_cap_mb: f64,
+    ) -> anyhow::Result<GradientReducer> {
+        GradientReducer::new(&self.group, store, bucket_cap_mb)
+    }
+
+    /// After backward: the gradient becomes the mean of the ranks' gradients, so the step is the
+    /// one of the global batch's mean loss. The buckets backward already started overlap its
+    /// computation; what counts as communication is the wait left after it.
+    pub fn average_gradients(&self, reducer: &GradientReducer) -> anyhow::Result<()> {
         let _guard = tch::no_grad_guard();
-        let grad = store.flat_grad();
-        self.timed(|g| g.all_reduce_(&grad, ReduceOp::Sum))?;
-        let _ = grad.shallow_clone().g_div_scalar_(self.world() as f64);
-        Ok(())
+        self.timed(|_| reducer.finish()).map(drop)
     }
 
     /// The float buffers (BatchNorm's running statistics) become the ranks' mean: each rank moved
@@ -151,7 +168,7 @@ impl DataParallel {
     /// The stop every rank takes: the strongest request any rank saw (a Ctrl-C or cancel reaches
     /// the ranks at different steps; all of them must stop at the same one).
     pub fn agree_on_stop(&self, local: StopRequest) -> anyhow::Result<StopRequest> {
-        let code = Tensor::from_slice(&[local.code()]);
+        let code = self.host_values(&[local.code()]);
         self.timed(|g| g.all_reduce_(&code, ReduceOp::Max))?;
         Ok(StopRequest::from_code(code.int64_value(&[0])))
     }
@@ -183,17 +200,45 @@ impl DataParallel {
 
     /// Every rank's `values` (the same count on each), in rank order.
     pub fn gather_values(&self, values: &[f64]) -> anyhow::Result<Vec<Vec<f64>>> {
-        let gathered = self.timed(|g| g.all_gather(&Tensor::from_slice(values)))?;
-        let flat: Vec<f64> = Vec::try_from(&gathered.to_kind(Kind::Double))?;
+        let gathered = self.timed(|g| g.all_gather(&self.host_values(values)))?;
+        let flat: Vec<f64> = Vec::try_from(&gathered.to_device(Device::Cpu).to_kind(Kind::Double))?;
         Ok(flat
             .chunks(values.len().max(1))
             .map(<[f64]>::to_vec)
             .collect())
     }
 
+    /// Bytes only rank 0 can read (a checkpoint on its machine), on every rank: rank 0 runs
+    /// `read` and sends what it got. When `read` fails there, every rank fails: rank 0 with the
+    /// reason, the others saying that rank 0 could not read it.
+    pub fn leader_bytes(
+        &self,
+        read: impl FnOnce() -> anyhow::Result<Vec<u8>>,
+    ) -> anyhow::Result<Vec<u8>> {
+        let mine = if self.is_leader() { Some(read()) } else { None };
+        let len = match &mine {
+            Some(Ok(bytes)) => bytes.len() as i64,
+            Some(Err(_)) => -1,
+            None => 0,
+        };
+        let len = self.host_values(&[len]);
+        self.timed(|g| g.broadcast_(&len, 0))?;
+        let len = len.int64_value(&[0]);
+        if let Some(Err(e)) = mine {
+            return Err(e);
+        }
+        anyhow::ensure!(len >= 0, "rank 0 could not read it");
+        let data = match mine {
+            Some(Ok(bytes)) => self.host_values(&bytes),
+            _ => Tensor::zeros([len], (Kind::Uint8, self.device)),
+        };
+        self.timed(|g| g.broadcast_(&data, 0))?;
+        Ok(Vec::<u8>::try_from(&data.to_device(Device::Cpu))?)
+    }
+
     /// Rank 0's value of a number, on every rank.
     pub fn leader_value(&self, value: f64) -> anyhow::Result<f64> {
-        let t = Tensor::from_slice(&[value]);
+        let t = self.host_values(&[value]);
         self.timed(|g| g.broadcast_(&t, 0))?;
         Ok(t.double_value(&[0]))
     }

@@ -8,7 +8,7 @@ use super::queue::Queue;
 use super::shuffle::Shuffle;
 use super::sync_bn::SyncScope;
 use crate::config::{BnStatsAcrossRanks, Framework, Mechanism, RunConfig};
-use crate::dist::DataParallel;
+use crate::dist::{DataParallel, GradientReducer};
 use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
@@ -120,6 +120,8 @@ pub struct MocoModel {
     queue_size: i64,
     /// The other ranks of a data-parallel run: keys are shuffled across them and gathered.
     parallel: Option<Arc<DataParallel>>,
+    /// The query's gradient all-reduce across those ranks.
+    gradients: Option<GradientReducer>,
     /// What becomes of BatchNorm's running statistics across those ranks after a step.
     pub bn_stats_across_ranks: BnStatsAcrossRanks,
     /// The moco framework's queries normalised over the whole global batch (`sync_bn`).
@@ -157,20 +159,33 @@ impl MocoModel {
             splits: cfg.shuffle_bn_splits,
             queue_size: cfg.queue_size,
             parallel: None,
+            gradients: None,
             bn_stats_across_ranks: cfg.bn_stats_across_ranks,
             sync_queries: cfg.sync_bn,
         }
     }
 
     /// Trains as one rank of `parallel` from now on: the batches it sees are its rows of the
-    /// global batch, and `shuffle_bn_splits` counts the global batch's BatchNorm groups.
-    pub fn set_parallel(&mut self, parallel: Arc<DataParallel>) {
+    /// global batch, `shuffle_bn_splits` counts the global batch's BatchNorm groups, and the
+    /// query's gradient is all-reduced in buckets of `bucket_cap_mb` MiB.
+    pub fn set_parallel(
+        &mut self,
+        parallel: Arc<DataParallel>,
+        bucket_cap_mb: f64,
+    ) -> anyhow::Result<()> {
+        self.gradients = Some(parallel.gradient_reducer(&self.query.store, bucket_cap_mb)?);
         self.parallel = Some(parallel);
+        Ok(())
     }
 
     /// The data-parallel group this model trains in, if any.
     pub fn parallel(&self) -> Option<Arc<DataParallel>> {
         self.parallel.clone()
+    }
+
+    /// The all-reduce of the query's gradient when training across ranks.
+    pub fn gradient_reducer(&self) -> Option<&GradientReducer> {
+        self.gradients.as_ref()
     }
 
     /// BatchNorm groups in this process's share of the batch.

@@ -137,11 +137,26 @@ pub fn read_safetensors(
     path: &Path,
     device: Device,
 ) -> anyhow::Result<(NamedTensors, HashMap<String, String>)> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
+    let bytes = read_file(path)?;
+    parse_safetensors(&bytes, path, device)
+}
+
+/// The bytes of the file at `path`, with an error naming it.
+pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Every tensor and the metadata of safetensors `bytes` (read from `path`, which errors name)
+/// onto `device`.
+pub fn parse_safetensors(
+    bytes: &[u8],
+    path: &Path,
+    device: Device,
+) -> anyhow::Result<(NamedTensors, HashMap<String, String>)> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&bytes)
+    let st = SafeTensors::deserialize(bytes)
         .with_context(|| format!("{} is not a safetensors file", path.display()))?;
     let mut tensors = Vec::new();
     for (name, view) in st.tensors() {
@@ -212,6 +227,16 @@ pub struct FullCheckpoint {
 
 pub fn load_full(path: &Path, device: Device) -> anyhow::Result<FullCheckpoint> {
     let (tensors, metadata) = read_safetensors(path, device)?;
+    full_from_parts(path, tensors, &metadata)
+}
+
+/// A full checkpoint from the bytes of the file at `path`.
+pub fn load_full_bytes(
+    bytes: &[u8],
+    path: &Path,
+    device: Device,
+) -> anyhow::Result<FullCheckpoint> {
+    let (tensors, metadata) = parse_safetensors(bytes, path, device)?;
     full_from_parts(path, tensors, &metadata)
 }
 

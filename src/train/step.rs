@@ -57,9 +57,14 @@ pub fn train_step(
         model.forward_step_indexed(&x1, &x2, indices.as_ref(), params.momentum, &mut rng)?
     };
     model.query.store.zero_grad();
+    // Across ranks, backward starts each gradient bucket's all-reduce as soon as it is complete.
+    let reducer = model.gradient_reducer();
+    if let Some(r) = reducer {
+        r.arm()?;
+    }
     optimizer.backward(&out.loss)?;
-    if let Some(p) = &parallel {
-        p.average_gradients(&model.query.store)?;
+    if let (Some(p), Some(r)) = (&parallel, reducer) {
+        p.average_gradients(r)?;
     }
     optimizer.step(&model.query.store, params.lr);
     model.store_keys(&out, params.step + 1);

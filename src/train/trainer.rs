@@ -138,7 +138,17 @@ impl<'a> Session<'a> {
             config: cfg.clone(),
         };
         if let Some(path) = &req.resume_from {
-            let ckpt = checkpoint::load_full(path, device)?;
+            // Across ranks only rank 0 reads the file and sends it: on several machines the
+            // checkpoint need only be on rank 0's.
+            let ckpt = match &req.parallel {
+                Some(parallel) => {
+                    let bytes = parallel
+                        .leader_bytes(|| checkpoint::read_file(path))
+                        .with_context(|| format!("cannot resume from {}", path.display()))?;
+                    checkpoint::load_full_bytes(&bytes, path, device)?
+                }
+                None => checkpoint::load_full(path, device)?,
+            };
             check_resumable(&ckpt.state.config, cfg, req.allow_config_change)?;
             ckpt.restore(&mut model)?;
             optimizer.load_state(&ckpt.tensors)?;
@@ -170,7 +180,20 @@ impl<'a> Session<'a> {
             parallel
                 .broadcast_from_leader(&tensors)
                 .context("cannot share rank 0's model with the other ranks")?;
-            model.set_parallel(parallel.clone());
+            model
+                .set_parallel(parallel.clone(), cfg.bucket_cap_mb)
+                .context("cannot hook the gradient all-reduce")?;
+            let buckets = model.gradient_reducer().map_or(0, |r| r.buckets());
+            observer.on_event(TrainEvent::Log {
+                level: LogLevel::Info,
+                message: format!(
+                    "gradients all-reduced over {} ranks in {buckets} bucket{} of up to {} MiB, \
+                     started during backward",
+                    parallel.world(),
+                    if buckets == 1 { "" } else { "s" },
+                    cfg.bucket_cap_mb
+                ),
+            });
         }
         // A resumed run keeps the normalisation it was trained with.
         let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, state.mean, state.std)
