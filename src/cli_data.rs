@@ -77,6 +77,10 @@ pub struct AugmentPreviewArgs {
     /// Side of the views (default: the image side, or 7/8 of it above 96 px).
     #[arg(long)]
     pub size: Option<i64>,
+    /// Smallest area fraction of the random resized crop, as the setting crop_min_scale
+    /// (0 = the recipe's own).
+    #[arg(long, default_value_t = 0.0)]
+    pub crop_min_scale: f64,
     #[arg(long, env = "MOCO_DATA_DIR", default_value = "./moco-data")]
     pub data_dir: PathBuf,
 }
@@ -179,17 +183,21 @@ pub fn augment_preview(args: AugmentPreviewArgs) -> anyhow::Result<ExitCode> {
             "--size must be between 8 and 1024, got {size}"
         );
     }
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.crop_min_scale),
+        "--crop-min-scale must be between 0 and 1, got {}",
+        args.crop_min_scale
+    );
     let cfg = data::parse_dataset_spec_in(&args.data, &args.data_dir)?;
     let splits = data::open_splits(&cfg, &args.data_dir)?;
     let size = args
         .size
         .unwrap_or_else(|| default_view_size(splits.train.image_size().0));
+    let augmenter = data::Augmenter::new(recipe, size, splits.mean, splits.std)
+        .with_crop_min(args.crop_min_scale);
     let png = data::preview::render_preview_png(
         splits.train.as_ref(),
-        recipe,
-        size,
-        splits.mean,
-        splits.std,
+        &augmenter,
         args.images,
         args.seed,
     )?;

@@ -375,31 +375,28 @@ fn the_preview_is_the_same_for_the_same_seed() {
         Path::new("."),
     )
     .unwrap();
-    let render = |seed| {
-        data::preview::render_preview_png(
-            splits.train.as_ref(),
-            moco_server::config::AugRecipe::V2,
-            32,
-            splits.mean,
-            splits.std,
-            4,
-            seed,
-        )
-        .unwrap()
-    };
-    let a = render(1);
-    assert_eq!(&a[1..4], b"PNG");
-    assert_eq!(a, render(1));
-    assert_ne!(a, render(2));
-    let err = data::preview::render_preview_png(
-        splits.train.as_ref(),
+    let v2 = data::Augmenter::new(
         moco_server::config::AugRecipe::V2,
         32,
         splits.mean,
         splits.std,
-        0,
-        1,
+    );
+    let render = |augmenter: &data::Augmenter, seed| {
+        data::preview::render_preview_png(splits.train.as_ref(), augmenter, 4, seed).unwrap()
+    };
+    let a = render(&v2, 1);
+    assert_eq!(&a[1..4], b"PNG");
+    assert_eq!(a, render(&v2, 1));
+    assert_ne!(a, render(&v2, 2));
+    // The crop minimum reaches the views: crops of at least 0.9 of the image draw other views.
+    let wide = data::Augmenter::new(
+        moco_server::config::AugRecipe::V2,
+        32,
+        splits.mean,
+        splits.std,
     )
-    .unwrap_err();
+    .with_crop_min(0.9);
+    assert_ne!(a, render(&wide, 1));
+    let err = data::preview::render_preview_png(splits.train.as_ref(), &v2, 0, 1).unwrap_err();
     assert!(err.to_string().contains("images"), "{err}");
 }

@@ -6,7 +6,6 @@
 use super::augment::Augmenter;
 use super::loader::make_batch;
 use super::Dataset;
-use crate::config::AugRecipe;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use tch::{Device, Kind, Tensor};
@@ -18,16 +17,16 @@ const GAP: usize = 4;
 const BACKGROUND: [u8; 3] = [245, 245, 245];
 
 /// Renders the preview grid of `images` images of `dataset` (picked from `seed`, as are the
-/// views) augmented with `recipe` at `image_size`, normalised with `mean`/`std` and undone again.
+/// views) augmented by `augmenter` (a run's recipe, crop size and crop minimum), its
+/// normalisation undone again.
 pub fn render_preview_png(
     dataset: &dyn Dataset,
-    recipe: AugRecipe,
-    image_size: i64,
-    mean: [f64; 3],
-    std: [f64; 3],
+    augmenter: &Augmenter,
     images: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<u8>> {
+    let image_size = augmenter.out_size();
+    let (mean, std) = augmenter.normalisation();
     anyhow::ensure!(
         (1..=MAX_IMAGES).contains(&images),
         "images must be between 1 and {MAX_IMAGES}, got {images}"
@@ -45,7 +44,6 @@ pub fn render_preview_png(
     let count = images.min(dataset.len());
     let indices = rand::seq::index::sample(&mut rng, dataset.len(), count).into_vec();
     let batch = make_batch(dataset, indices, Device::Cpu)?;
-    let augmenter = Augmenter::new(recipe, image_size, mean, std);
     let (v1, v2) = augmenter.two_views(&batch.images, &mut rng);
     let original = resize_to(&batch.images, image_size);
     let undo = |x: &Tensor| {

@@ -190,6 +190,11 @@ impl Augmenter {
         a
     }
 
+    /// The mean and std the views are normalised with.
+    pub fn normalisation(&self) -> ([f64; 3], [f64; 3]) {
+        (self.mean, self.std)
+    }
+
     /// The views' random resized crops start at `min_scale` of the area instead of the recipe's
     /// own minimum (0 keeps the recipe's).
     pub fn with_crop_min(mut self, min_scale: f64) -> Self {

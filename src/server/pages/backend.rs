@@ -199,7 +199,7 @@ fn preview_cache() -> &'static PreviewCache {
 }
 
 /// The augmentation preview of run `id` as PNG bytes: a few training images, each with two views
-/// under the run's recipe and crop size.
+/// under the run's recipe, crop size and crop minimum.
 pub async fn augment_preview_png(
     state: &AppState,
     id: i64,
@@ -222,19 +222,14 @@ pub async fn augment_preview_png(
     }
     let data_dir = state.data_dir.clone();
     let (recipe, size, seed) = (config.augmentation, config.image_size, config.seed);
+    let crop_min = config.crop_min_scale;
     let png = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let splits = data::open_splits(&dataset, &data_dir)?;
         let images = PREVIEW_IMAGES.min(splits.train.len());
         anyhow::ensure!(images > 0, "the dataset has no training images");
-        data::preview::render_preview_png(
-            splits.train.as_ref(),
-            recipe,
-            size,
-            splits.mean,
-            splits.std,
-            images,
-            seed,
-        )
+        let augmenter =
+            data::Augmenter::new(recipe, size, splits.mean, splits.std).with_crop_min(crop_min);
+        data::preview::render_preview_png(splits.train.as_ref(), &augmenter, images, seed)
     })
     .await??;
     let png = Arc::new(png);
