@@ -170,9 +170,7 @@ fn measure_speed(device: Device) -> f64 {
     let mut model = crate::moco::model::MocoModel::new(&cfg, device);
     let mut optimizer = FlatOptimizer::for_run(&model.query.store, &cfg);
     let side = cfg.dataset.synthetic_image_size as i64;
-    let augmenter =
-        crate::data::Augmenter::new(cfg.augmentation, cfg.image_size, [0.5; 3], [0.25; 3])
-            .with_crop_min(cfg.crop_min_scale);
+    let augmenter = crate::data::Augmenter::for_run(&cfg, [0.5; 3], [0.25; 3]);
     let images = Tensor::randint(256, [BATCH, 3, side, side], (Kind::Uint8, device));
     let mut step = |i: i64| {
         let params = StepParams {

@@ -196,8 +196,7 @@ impl<'a> Session<'a> {
             });
         }
         // A resumed run keeps the normalisation it was trained with.
-        let augmenter = Augmenter::new(cfg.augmentation, cfg.image_size, state.mean, state.std)
-            .with_crop_min(cfg.crop_min_scale);
+        let augmenter = Augmenter::for_run(cfg, state.mean, state.std);
         observer.on_event(TrainEvent::Started {
             device: device_name(device),
             start_step: state.step,

@@ -190,6 +190,12 @@ impl Augmenter {
         a
     }
 
+    /// The augmenter a run's config asks for: its recipe, crop size and crop minimum, normalising
+    /// with `mean` and `std`.
+    pub fn for_run(cfg: &crate::config::RunConfig, mean: [f64; 3], std: [f64; 3]) -> Self {
+        Self::new(cfg.augmentation, cfg.image_size, mean, std).with_crop_min(cfg.crop_min_scale)
+    }
+
     /// The mean and std the views are normalised with.
     pub fn normalisation(&self) -> ([f64; 3], [f64; 3]) {
         (self.mean, self.std)

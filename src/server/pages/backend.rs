@@ -221,15 +221,13 @@ pub async fn augment_preview_png(
         dataset.path = Some(path.to_string_lossy().into_owned());
     }
     let data_dir = state.data_dir.clone();
-    let (recipe, size, seed) = (config.augmentation, config.image_size, config.seed);
-    let crop_min = config.crop_min_scale;
+    let config = config.clone();
     let png = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<u8>> {
         let splits = data::open_splits(&dataset, &data_dir)?;
         let images = PREVIEW_IMAGES.min(splits.train.len());
         anyhow::ensure!(images > 0, "the dataset has no training images");
-        let augmenter =
-            data::Augmenter::new(recipe, size, splits.mean, splits.std).with_crop_min(crop_min);
-        data::preview::render_preview_png(splits.train.as_ref(), &augmenter, images, seed)
+        let augmenter = data::Augmenter::for_run(&config, splits.mean, splits.std);
+        data::preview::render_preview_png(splits.train.as_ref(), &augmenter, images, config.seed)
     })
     .await??;
     let png = Arc::new(png);
