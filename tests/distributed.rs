@@ -64,20 +64,36 @@ const V3_TINY: [&str; 14] = [
     "seed=0",
 ];
 
-/// `moco-server train --preset <preset> --data synthetic --json` in `dir`.
+/// `moco-server train --preset <preset> --data synthetic --json` in `dir`, to be run.
+fn train_command(dir: &Path, preset: &str, flags: &[&str], settings: &[&str]) -> Command {
+    let mut command = moco();
+    command
+        .current_dir(dir)
+        .args(["train", "--preset", preset, "--data", "synthetic", "--json"])
+        .args(flags)
+        .args(settings);
+    command
+}
+
+/// `train_command`, run to its end.
 fn train_preset(
     dir: &Path,
     preset: &str,
     flags: &[&str],
     settings: &[&str],
 ) -> std::process::Output {
-    moco()
-        .current_dir(dir)
-        .args(["train", "--preset", preset, "--data", "synthetic", "--json"])
-        .args(flags)
-        .args(settings)
+    train_command(dir, preset, flags, settings)
         .output()
         .unwrap()
+}
+
+/// A TCP port free on 127.0.0.1 for a rendezvous.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn json_lines(stdout: &[u8]) -> Vec<Value> {
@@ -155,11 +171,7 @@ fn test_rank() -> Option<usize> {
 
 /// Runs test `name` of this binary as ranks 0 and 1 of a Gloo group and asserts both pass.
 fn run_as_two_ranks(name: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let children: Vec<_> = (0..2)
         .map(|rank| {
             Command::new(std::env::current_exe().unwrap())
@@ -528,19 +540,8 @@ fn a_killed_rank_fails_the_run_and_it_resumes_on_one_process() {
     let dir = tempfile::tempdir().unwrap();
     // 32 steps per epoch, 3 epochs: long enough to kill rank 1 after the first checkpoint.
     let long = ["epochs=3", "dataset.synthetic_train=512"];
-    let mut launcher = moco()
-        .current_dir(dir.path())
-        .args([
-            "train",
-            "--preset",
-            "cifar",
-            "--data",
-            "synthetic",
-            "--json",
-        ])
-        .args(["--out", "two", "--nproc", "2", "--dist-timeout", "60"])
-        .args(TINY)
-        .args(long)
+    let flags = ["--out", "two", "--nproc", "2", "--dist-timeout", "60"];
+    let mut launcher = train_command(dir.path(), "cifar", &flags, &[&TINY[..], &long].concat())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -613,12 +614,7 @@ fn a_run_on_two_machines_resumes_from_a_checkpoint_only_the_first_one_has() {
         .path()
         .join("one/checkpoint-epoch0001-step00000002.ckpt.safetensors");
     assert!(after_epoch_1.exists());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = free_port().to_string();
     // Two machines with a disk each (node0/, node1/), one rank each, over the loopback
     // interface; only the first has the checkpoint.
     let nodes: Vec<_> = [
@@ -630,29 +626,27 @@ fn a_run_on_two_machines_resumes_from_a_checkpoint_only_the_first_one_has() {
     .map(|(node, resume)| {
         let cwd = dir.path().join(format!("node{node}"));
         std::fs::create_dir_all(&cwd).unwrap();
-        moco()
-            .current_dir(&cwd)
+        let node_rank = node.to_string();
+        let flags = [
+            "--out",
+            "two",
+            "--nproc",
+            "1",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            &node_rank,
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            &port,
+            "--dist-timeout",
+            "60",
+            "--resume",
+            resume.to_str().unwrap(),
+        ];
+        train_command(&cwd, "cifar", &flags, &[&TINY[..], &extra].concat())
             .env("GLOO_SOCKET_IFNAME", "lo")
-            .args([
-                "train",
-                "--preset",
-                "cifar",
-                "--data",
-                "synthetic",
-                "--json",
-            ])
-            .args(["--out", "two", "--nproc", "1", "--nnodes", "2"])
-            .args([
-                "--node-rank",
-                &node.to_string(),
-                "--master-addr",
-                "127.0.0.1",
-            ])
-            .args(["--master-port", &port, "--dist-timeout", "60"])
-            .arg("--resume")
-            .arg(resume)
-            .args(TINY)
-            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
